@@ -1,0 +1,1 @@
+"""HyperTransformer in JAX/Flax NNX."""

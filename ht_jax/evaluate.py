@@ -1,0 +1,212 @@
+"""Evaluation: `python -m ht_jax.evaluate --config=... --workdir=DIR [--once | --watch]`.
+
+The original protocol (HT_REFERENCE 10): per split, `eval.num_task_evals` tasks; each task has one
+fixed support set and `eval.num_eval_batches` query batches of `eval.batch_size`, BN statistics
+per query batch; task accuracy is the mean over its batches, the split's accuracy the mean over
+tasks, reported with a 95% confidence interval over tasks. Evaluation episodes depend only on
+`eval.seed`, so every checkpoint is measured on the same tasks.
+Writes DIR/eval/step_<N>.json, DIR/eval/latest.json and DIR/eval/accuracy.png.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+import ht_data
+from ht_jax.checkpoint import Checkpointer
+from ht_jax.optimizer import make_optimizer
+from ht_jax.train import create_model
+
+
+def make_task_accuracy_fn(graphdef):
+  """[T] task accuracies: the CNN is generated once per task, then classifies every query batch."""
+  @jax.jit
+  def task_accuracy(params, support_images, support_labels, query_images, query_labels):
+    model = nnx.merge(graphdef, params)
+    def one_task(sx, sy, qx, qy):            # qx: [num_batches, Q, H, W, C]
+      weights, _ = model.generate(sx, sy)
+      logits = jax.vmap(lambda x: model.classify(weights, x))(qx)
+      return jnp.mean(jnp.argmax(logits, -1) == qy)
+    return jax.vmap(one_task)(support_images, support_labels, query_images, query_labels)
+  return task_accuracy
+
+
+def split_samplers(config, dataset) -> dict[str, ht_data.EpisodeSampler]:
+  class_ids = ht_data.split_class_ids(config.data, config.eval)
+  samplers = {}
+  for split in [s.strip() for s in config.eval.splits.split(",") if s.strip()]:
+    if split not in class_ids:
+      raise ht_data.DataError(f"eval.splits names {split!r}, which is not one of {', '.join(class_ids)}; "
+                              f"fix --config.eval.splits.")
+    # The train split is evaluated with the training augmentation, val/test without (as the original).
+    spec = ht_data.EpisodeSpec.from_config(config.data, training=split == "train",
+                                           query_size=int(config.eval.batch_size))
+    samplers[split] = ht_data.EpisodeSampler(dataset, class_ids[split], spec)
+  return samplers
+
+
+def evaluate_split(task_accuracy, params, sampler, config, desc: str = "") -> dict:
+  e = config.eval
+  tasks, chunk = int(e.num_task_evals), max(1, int(e.tasks_per_call))
+  def load(first):
+    idx = [min(first + i, tasks - 1) for i in range(chunk)]   # pad the last call: no recompilation
+    parts = [sampler.eval_task(int(e.seed), i, int(e.num_eval_batches)) for i in idx]
+    return (np.stack([p[0].support_images[0] for p in parts]), np.stack([p[0].support_labels[0] for p in parts]),
+            np.stack([p[1] for p in parts]), np.stack([p[2] for p in parts]))
+  accuracies = []
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    futures = [pool.submit(load, first) for first in range(0, tasks, chunk)]
+    for first, future in zip(tqdm(range(0, tasks, chunk), desc=desc, unit="call", leave=False), futures):
+      acc = task_accuracy(params, *future.result())
+      accuracies.extend(np.asarray(acc)[:min(chunk, tasks - first)].tolist())
+  acc = np.asarray(accuracies, np.float64)
+  ci95 = 1.96 * acc.std(ddof=1) / np.sqrt(len(acc)) if len(acc) > 1 else float("nan")
+  return {"accuracy": float(acc.mean()), "ci95": float(ci95), "tasks": int(len(acc))}
+
+
+class Evaluator:
+  """Holds the model, the jitted protocol and the samplers; evaluates parameter sets."""
+
+  def __init__(self, config):
+    self.config = config
+    self.graphdef, params = create_model(config)
+    self.target = {"params": params, "opt_state": make_optimizer(config.train).init(params), "step": 0}
+    self.task_accuracy = make_task_accuracy_fn(self.graphdef)
+    self.samplers = split_samplers(config, ht_data.load_dataset(config.data))
+
+  def evaluate(self, params, step: int) -> dict:
+    d = self.config.data
+    ways = int(d.num_labels)
+    shots = int(d.samples_transformer) // ways - int(d.unlabeled_samples_per_class)
+    splits = {name: evaluate_split(self.task_accuracy, params, sampler, self.config, desc=f"eval {name}")
+              for name, sampler in self.samplers.items()}
+    return {"step": int(step), "ways": ways, "shots": shots, "splits": splits}
+
+  def evaluate_checkpoint(self, checkpointer: Checkpointer, step: int) -> dict:
+    return self.evaluate(checkpointer.restore(step, self.target)["params"], step)
+
+
+def write_result(workdir: pathlib.Path, result: dict) -> None:
+  eval_dir = workdir / "eval"
+  eval_dir.mkdir(parents=True, exist_ok=True)
+  text = json.dumps(result, indent=2)
+  (eval_dir / f"step_{result['step']}.json").write_text(text)
+  (eval_dir / "latest.json").write_text(text)
+  plot_history(eval_dir)
+
+
+def load_history(eval_dir: pathlib.Path) -> list[dict]:
+  rows = [json.loads(p.read_text()) for p in eval_dir.glob("step_*.json")]
+  return sorted(rows, key=lambda r: r["step"])
+
+
+def plot_history(eval_dir: pathlib.Path) -> pathlib.Path:
+  """accuracy.png: accuracy against step for each split, with the 95% interval as a band."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = load_history(eval_dir)
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  for split in sorted({s for r in rows for s in r["splits"]}):
+    pts = [(r["step"], r["splits"][split]["accuracy"] * 100, r["splits"][split]["ci95"] * 100)
+           for r in rows if split in r["splits"]]
+    steps, acc, ci = map(np.asarray, zip(*pts))
+    ax.plot(steps, acc, marker="o", label=split)
+    ax.fill_between(steps, acc - ci, acc + ci, alpha=0.2)
+  if rows:
+    ax.set_title(f"{rows[-1]['ways']}-way {rows[-1]['shots']}-shot accuracy (95% CI)")
+  ax.set_xlabel("training step")
+  ax.set_ylabel("accuracy (%)")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  path = eval_dir / "accuracy.png"
+  fig.savefig(path)
+  plt.close(fig)
+  return path
+
+
+def format_table(result: dict) -> str:
+  lines = [f"{result['ways']}-way {result['shots']}-shot, step {result['step']}",
+           "| split | accuracy (%) | 95% CI | tasks |", "|---|---|---|---|"]
+  for name, s in result["splits"].items():
+    lines.append(f"| {name} | {100 * s['accuracy']:.2f} | +- {100 * s['ci95']:.2f} | {s['tasks']} |")
+  return "\n".join(lines)
+
+
+def evaluate_once(config, workdir, step: int | None = None) -> dict:
+  workdir = pathlib.Path(workdir)
+  checkpointer = Checkpointer(workdir, async_save=False)
+  step = checkpointer.latest_step() if step is None else step
+  if step is None:
+    raise ht_data.DataError(f"no checkpoint in {checkpointer.directory}; train first with "
+                            f"python -m ht_jax.train --workdir={workdir}.")
+  result = Evaluator(config).evaluate_checkpoint(checkpointer, step)
+  write_result(workdir, result)
+  return result
+
+
+def watch(config, workdir, poll_seconds: float = 10.0, timeout_hours: float = 0.0) -> list[dict]:
+  """Evaluates every new checkpoint until the one of the training's last step (like the
+  original's evaluate_model.py); checkpoints deleted before their turn are skipped."""
+  workdir = pathlib.Path(workdir)
+  evaluator, checkpointer = None, None
+  results, done_steps = [], {r["step"] for r in load_history(workdir / "eval")}
+  started = time.time()
+  while True:
+    if checkpointer is None and (workdir / "checkpoints").exists():
+      checkpointer = Checkpointer(workdir, async_save=False)
+    steps = checkpointer.all_steps() if checkpointer else []
+    for step in [s for s in steps if s not in done_steps]:
+      evaluator = evaluator or Evaluator(config)
+      try:
+        result = evaluator.evaluate_checkpoint(checkpointer, step)
+      except (FileNotFoundError, ValueError) as e:
+        if "another config" in str(e):
+          raise
+        continue   # deleted by keep-N while we were busy
+      write_result(workdir, result)
+      print(format_table(result), flush=True)
+      results.append(result)
+      done_steps.add(step)
+    final = _final_step(workdir)
+    last = max(done_steps, default=-1)
+    if (final is not None and last >= final) or last >= int(config.train.steps):
+      return results
+    if timeout_hours and time.time() - started > 3600 * timeout_hours:
+      return results
+    time.sleep(poll_seconds)
+    if checkpointer is not None:
+      checkpointer.manager.reload()
+
+
+def _final_step(workdir: pathlib.Path) -> int | None:
+  path = workdir / "train_done.json"
+  return json.loads(path.read_text())["final_step"] if path.exists() else None
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ht_jax import cli
+  _ONCE = flags.DEFINE_bool("once", False, "Evaluate the latest checkpoint (or --step) and exit.")
+  _WATCH = flags.DEFINE_bool("watch", False, "Evaluate each new checkpoint until training ends.")
+  _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for --once (default: latest).")
+
+  def main(argv):
+    def go():
+      if _WATCH.value:
+        watch(cli.CONFIG.value, cli.WORKDIR.value)
+      else:
+        print(format_table(evaluate_once(cli.CONFIG.value, cli.WORKDIR.value, _STEP.value)))
+        print(f"wrote {pathlib.Path(cli.WORKDIR.value) / 'eval' / 'latest.json'} and accuracy.png")
+    cli.run(go)
+  app.run(main)

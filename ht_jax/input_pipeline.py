@@ -1,0 +1,50 @@
+"""Episodes for the jitted step: sampled ahead in background threads (NumPy releases the GIL
+for most of the work), as a pure function of (seed, step, index) so that resume is exact."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+
+import numpy as np
+
+from ht_data import Episode, EpisodeSampler
+
+
+def episode_arrays(episode: Episode) -> dict[str, np.ndarray]:
+  return {"support_images": episode.support_images, "support_labels": episode.support_labels,
+          "query_images": episode.query_images, "query_labels": episode.query_labels}
+
+
+class Prefetcher:
+  """Yields (step, batch) for steps start..end-1, each batch holding episode indices
+  [offset, offset + batch_size) of that step (offset: this host's slice of a global batch)."""
+
+  def __init__(self, sampler: EpisodeSampler, seed: int, start: int, end: int, batch_size: int,
+               offset: int = 0, ahead: int = 4, workers: int = 2):
+    self._sampler, self._seed, self._indices = sampler, seed, range(offset, offset + batch_size)
+    self._steps = iter(range(start, end))
+    self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="episodes")
+    self._queue: collections.deque = collections.deque()
+    for _ in range(ahead):
+      self._submit()
+
+  def _submit(self) -> None:
+    step = next(self._steps, None)
+    if step is not None:
+      self._queue.append((step, self._pool.submit(self._sampler.batch, self._seed, step, self._indices)))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> tuple[int, dict[str, np.ndarray]]:
+    if not self._queue:
+      raise StopIteration
+    step, future = self._queue.popleft()
+    self._submit()
+    return step, episode_arrays(future.result())
+
+  def close(self) -> None:
+    for _, future in self._queue:
+      future.cancel()
+    self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,1 @@
+"""Flax NNX modules of the HyperTransformer (see plan.py for the shapes)."""

@@ -1,0 +1,62 @@
+"""Parameter-free building blocks shared by the model files: activations, the im2col
+convolution used for generated kernels, max-pool and batch-statistics BatchNorm."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ht_jax.model.plan import same_padding
+
+CNN_LRELU_SLOPE = 0.01          # HT_REFERENCE 11.4: the CNN's leaky ReLU
+TRANSFORMER_LRELU_SLOPE = 0.1   # ... and the transformer's
+BN_EPSILON = 1e-3
+
+
+def activation(name: str | None, slope: float):
+  if name is None:
+    return lambda x: x
+  return {"relu": jax.nn.relu, "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+          "lrelu": lambda x: jax.nn.leaky_relu(x, slope)}[name]
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+  """Inverted dropout with an explicit key; the identity when rate is 0 or key is None."""
+  if rate <= 0 or key is None:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def im2col(x: jax.Array, kernel: int, stride: int, padding: str) -> jax.Array:
+  """[n, H, W, C] -> [n, Ho, Wo, k*k*C] patches in (kh, kw, c) order, the order of an HWIO kernel
+  reshaped to [k*k*C, O]. Shifted strided slices plus one matmul beat XLA:CPU's grouped
+  convolutions when every episode of a vmapped batch has its own kernel (DEVELOPERS.md)."""
+  n, h, w, c = x.shape
+  if padding == "SAME":
+    ph, pw = same_padding(h, kernel, stride), same_padding(w, kernel, stride)
+    x = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
+  ho = (x.shape[1] - kernel) // stride + 1
+  wo = (x.shape[2] - kernel) // stride + 1
+  patches = [x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+             for i in range(kernel) for j in range(kernel)]
+  return jnp.concatenate(patches, axis=-1) if len(patches) > 1 else patches[0]
+
+
+def conv2d(x: jax.Array, kernel_matrix: jax.Array, kernel: int, stride: int, padding: str) -> jax.Array:
+  """Convolution with a [k*k*C_in, C_out] kernel matrix (an HWIO kernel, flattened)."""
+  return im2col(x, kernel, stride, padding) @ kernel_matrix
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 / stride-2 valid max-pool (odd sizes floor, as TF's)."""
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2, :]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
+  """BatchNorm with the statistics of this batch, always (HT_REFERENCE 8.1): biased variance."""
+  mean = x.mean(axis=(0, 1, 2))
+  var = jnp.square(x - mean).mean(axis=(0, 1, 2))
+  return (x - mean) * jax.lax.rsqrt(var + BN_EPSILON) * scale + bias

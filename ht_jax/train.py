@@ -1,0 +1,210 @@
+"""Training: `python -m ht_jax.train --config=configs/X.py --workdir=DIR [--config.a.b=v ...]`.
+
+One jitted step over `nnx.split` parameters, vmapped over `train.episodes_per_step` episodes,
+with donated buffers. The workdir is the run's identity: a run started in a workdir that has
+checkpoints resumes from the latest one and continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+import ht_data
+from ht_jax.checkpoint import Checkpointer
+from ht_jax.input_pipeline import Prefetcher, episode_arrays
+from ht_jax.metrics import MetricWriter
+from ht_jax.model.hypertransformer import HyperTransformer
+from ht_jax.model.loss import episode_loss
+from ht_jax.optimizer import learning_rate_schedule, make_optimizer
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss became NaN or infinite."""
+
+
+def uses_randomness(model_cfg) -> bool:
+  return any(float(model_cfg[k]) > 0 for k in (
+      "dropout_rate", "fe_dropout", "shared_fe_dropout", "max_prob_remove_labeled", "max_prob_remove_unlabeled"))
+
+
+def create_model(config, seed: int | None = None) -> tuple[nnx.GraphDef, nnx.State]:
+  model = HyperTransformer(config, rngs=nnx.Rngs(config.train.seed if seed is None else seed))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  assert not jax.tree_util.tree_leaves(rest), "the model must hold parameters only"
+  return graphdef, params
+
+
+def make_train_step(graphdef, config, tx):
+  """(params, opt_state, batch, key) -> (params, opt_state, metrics); batch arrays are [B, ...]."""
+  model_cfg = config.model
+  random = uses_randomness(model_cfg)
+  schedule = learning_rate_schedule(config.train)
+
+  def loss_fn(params, batch, key):
+    model = nnx.merge(graphdef, params)
+    def one(sx, sy, qx, qy, k):
+      return episode_loss(model, model_cfg, sx, sy, qx, qy, key=k if random else None)
+    keys = jax.random.split(key, batch["support_images"].shape[0])
+    losses, metrics = jax.vmap(one)(batch["support_images"], batch["support_labels"],
+                                    batch["query_images"], batch["query_labels"], keys)
+    return losses.mean(), jax.tree_util.tree_map(jnp.mean, metrics)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def train_step(params, opt_state, batch, key):
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    step = optax.tree_utils.tree_get(opt_state, "count")
+    metrics["learning_rate"] = schedule(step - 1) if step is not None else schedule(0)
+    return params, opt_state, metrics
+
+  return train_step
+
+
+def make_accuracy_fn(graphdef):
+  """Mean query accuracy of a batch of episodes, no training-time randomness."""
+  @jax.jit
+  def accuracy(params, batch):
+    model = nnx.merge(graphdef, params)
+    def one(sx, sy, qx, qy):
+      return jnp.mean(jnp.argmax(model(sx, sy, qx), -1) == qy)
+    return jax.vmap(one)(batch["support_images"], batch["support_labels"],
+                         batch["query_images"], batch["query_labels"]).mean()
+  return accuracy
+
+
+class _StopRequest:
+  """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and exits at the next step."""
+
+  def __init__(self):
+    self.signal = None
+
+  def __enter__(self):
+    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    return self
+
+  def _handle(self, signum, frame):
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the last metrics."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  t = config.train
+  process = jax.process_index()
+
+  # --- Data ------------------------------------------------------------------------------------
+  dataset = ht_data.load_dataset(config.data)
+  train_sampler = ht_data.EpisodeSampler(
+      dataset, ht_data.train_class_ids(config.data), ht_data.EpisodeSpec.from_config(config.data, training=True))
+  monitor_sampler = ht_data.EpisodeSampler(
+      dataset, ht_data.monitor_class_ids(config.data), ht_data.EpisodeSpec.from_config(config.data, training=False))
+
+  # --- Model, optimiser, checkpoint --------------------------------------------------------------
+  graphdef, params = create_model(config)
+  tx = make_optimizer(t)
+  opt_state = tx.init(params)
+  checkpointer = Checkpointer(workdir, keep=int(t.keep_checkpoints))
+  start = 0
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    restored = checkpointer.restore(latest, {"params": params, "opt_state": opt_state, "step": 0})
+    params, opt_state, start = restored["params"], restored["opt_state"], int(restored["step"])
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+  writer = MetricWriter(workdir, enabled=process == 0)
+  _drop_rows_after(writer.path, start)
+  train_step = make_train_step(graphdef, config, tx)
+  accuracy_fn = make_accuracy_fn(graphdef)
+  base_key = jax.random.key(int(t.seed))
+  batch_size = int(t.episodes_per_step)
+  steps = int(t.steps)
+
+  def save(step):
+    checkpointer.save(step, {"params": params, "opt_state": opt_state, "step": step})
+
+  last, window, step = {}, [], start
+  started = time.perf_counter()
+  prefetcher = Prefetcher(train_sampler, int(t.seed), start, steps, batch_size)
+  bar = tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True, disable=process != 0,
+             file=sys.stdout, mininterval=1.0)
+  try:
+    with _StopRequest() as stop:
+      if start == 0 and latest is None:
+        save(0)   # the original saves step 0 too
+      for step, batch in prefetcher:
+        params, opt_state, metrics = train_step(params, opt_state, batch, jax.random.fold_in(base_key, step))
+        window.append(metrics)
+        done = step + 1
+        bar.update(1)
+        if done % t.log_every == 0 or done == steps:
+          host = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+          window = []
+          if not np.isfinite(host["loss"]):
+            raise TrainingDivergedError(
+                f"the loss became {host['loss']} between steps {done - t.log_every} and {done}; the last "
+                f"good checkpoint (step {checkpointer.latest_step()}) is kept in {checkpointer.directory}; "
+                f"lower train.learning_rate and resume.")
+          monitor = episode_arrays(monitor_sampler.batch(int(t.seed) + 1, done, range(batch_size)))
+          host["test_accuracy"] = float(accuracy_fn(params, monitor))
+          host["episodes_per_second"] = bar.format_dict["rate"] * batch_size if bar.format_dict["rate"] else 0.0
+          writer.write(done, host)
+          last = {"step": done, **host}
+          bar.set_postfix(loss=f"{host['loss']:.3f}", acc=f"{host['accuracy']:.3f}",
+                          test_acc=f"{host['test_accuracy']:.3f}", refresh=False)
+        if done % t.checkpoint_every == 0:
+          save(done)
+        out_of_time = t.max_train_minutes and time.perf_counter() - started > 60 * t.max_train_minutes
+        if stop.signal or out_of_time:
+          save(done)
+          reason = stop.signal or f"train.max_train_minutes={t.max_train_minutes}"
+          print(f"\nStopped at step {done} ({reason}); checkpoint saved in {checkpointer.directory}.")
+          break
+      else:
+        done = steps
+        save(done)
+  finally:
+    bar.close()
+    prefetcher.close()
+    checkpointer.close()
+    writer.close()
+  final_step = checkpointer.latest_step() or 0
+  if process == 0:
+    (workdir / "train_done.json").write_text(json.dumps(
+        {"final_step": final_step, "train_seconds": time.perf_counter() - started, **last}))
+  return last
+
+
+def _drop_rows_after(path: pathlib.Path, step: int) -> None:
+  """A resumed run rewrites the metrics logged after its checkpoint, so keep one copy of each."""
+  if path.exists():
+    rows = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+    path.write_text("".join(r + "\n" for r in rows))
+
+
+def main(argv) -> None:
+  from ht_jax import cli
+  cli.run(lambda: train_and_evaluate(cli.CONFIG.value, cli.WORKDIR.value))
+
+
+if __name__ == "__main__":
+  from absl import app
+  from ht_jax import cli  # noqa: F401  (defines the flags)
+  app.run(main)

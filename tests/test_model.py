@@ -1,0 +1,115 @@
+"""The JAX model's pieces on tiny shapes: convolution, decoding order, transformer, shapes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import omniglot_1shot_v1
+from ht_jax.model import token_io
+from ht_jax.model.hypertransformer import HyperTransformer
+from ht_jax.model.layers import batch_norm, conv2d, max_pool_2x2
+from ht_jax.model.plan import build_plan
+from ht_jax.model.transformer import Transformer
+
+
+@pytest.mark.parametrize("size,stride,padding", [(28, 1, "SAME"), (28, 2, "SAME"), (21, 2, "SAME"),
+                                                 (13, 2, "VALID"), (7, 1, "VALID")])
+def test_im2col_conv_matches_lax_conv(size, stride, padding):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, size, size, 4)).astype(np.float32)
+  kernel = rng.normal(size=(3, 3, 4, 5)).astype(np.float32)   # HWIO
+  expected = jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  got = conv2d(jnp.asarray(x), jnp.asarray(kernel.reshape(-1, 5)), 3, stride, padding)
+  np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_max_pool_floors_and_batch_norm_uses_batch_statistics():
+  x = jnp.arange(2 * 7 * 7 * 1, dtype=jnp.float32).reshape(2, 7, 7, 1)
+  pooled = max_pool_2x2(x)
+  assert pooled.shape == (2, 3, 3, 1) and pooled[0, 0, 0, 0] == x[0, 1, 1, 0]
+  y = batch_norm(jax.random.normal(jax.random.key(0), (8, 4, 4, 3)) * 5 + 2, jnp.ones(3), jnp.zeros(3))
+  np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0, atol=1e-5)
+  np.testing.assert_allclose(y.var(axis=(0, 1, 2)), 1, atol=2e-3)   # eps = 1e-3 shrinks it slightly
+
+
+def test_decode_conv_output_allocation_is_hwio_row_major():
+  c = omniglot_1shot_v1.get_config()
+  c.model.lw_generate_bias = c.model.lw_generate_bn = True
+  layer = build_plan(c).conv_layers[1]                      # 3x3x8 -> 8, block 72 + 1 + 2
+  slices = jnp.arange(8 * 75, dtype=jnp.float32).reshape(8, 75)
+  w = token_io.decode_conv(layer, slices)
+  hwio = w["kernel"].reshape(3, 3, 8, 8)
+  # HT_REFERENCE 8.1: W[o, c, i, j] (OIHW) = slice_o[(i*k + j)*C_in + c]
+  for o, cin, i, j in [(0, 0, 0, 0), (5, 3, 2, 1), (7, 7, 1, 2)]:
+    assert hwio[i, j, cin, o] == slices[o, (i * 3 + j) * 8 + cin]
+  np.testing.assert_array_equal(w["bias"], slices[:, 72])
+  np.testing.assert_array_equal(w["bn_scale"], slices[:, 73])
+  np.testing.assert_array_equal(w["bn_bias"], slices[:, 74])
+
+
+def test_decode_spatial_and_logits():
+  c = omniglot_1shot_v1.get_config()
+  c.model.lw_weight_allocation = "spatial"
+  plan = build_plan(c)
+  layer = plan.conv_layers[1]
+  slices = jnp.arange(9 * 64, dtype=jnp.float32).reshape(9, 64)   # token p = kh*3+kw holds (C_in, C_out)
+  hwio = token_io.decode_conv(layer, slices)["kernel"].reshape(3, 3, 8, 8)
+  assert hwio[2, 1, 3, 5] == slices[2 * 3 + 1, 3 * 8 + 5]
+  logits = plan.logits_layer                                       # 20 tokens, block 8 + 1
+  slices = jnp.arange(20 * 9, dtype=jnp.float32).reshape(20, 9)
+  w = token_io.decode_logits(logits, slices)
+  assert w["kernel"].shape == (8, 20) and w["kernel"][3, 7] == slices[7, 3]
+  np.testing.assert_array_equal(w["bias"], slices[:, 8])
+
+
+def test_transformer_mask_blocks_attention_to_masked_keys():
+  t = Transformer(8, 8, 8, 8, num_layers=2, heads=2, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (5, 8))
+  mask = jnp.array([0, 0, 0, 1, 1], jnp.float32)
+  y1 = t(x, mask)
+  y2 = t(x.at[3:].set(100.0), mask)          # changing masked tokens must not change the others
+  np.testing.assert_allclose(y1[:3], y2[:3], atol=1e-5)
+  assert not np.allclose(t(x)[:3], y1[:3], atol=1e-4)
+
+
+def tiny_model(**model_overrides):
+  c = omniglot_1shot_v1.get_config("tiny")
+  c.data.num_labels, c.data.samples_transformer, c.data.samples_cnn = 5, 5, 10
+  for k, v in model_overrides.items():
+    c.model[k] = v
+  return c, HyperTransformer(c, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"cnn_model_name": "3-layer", "stride": 2}, {"cnn_model_name": "4-layer", "stride": 1},
+    {"number_of_trained_cnn_layers": 4}, {"number_of_trained_cnn_layers": -1},
+    {"cnn_activation": "lrelu", "transformer_nonlinearity": "lrelu"},
+    {"lw_generate_bias": True, "lw_generate_bn": True}, {"lw_weight_allocation": "spatial"},
+    {"shared_feature_extractor": "none", "num_layerwise_features": 0},
+    {"logits_feature_extractor": "mix"}, {"add_trainable_weights": True},
+    {"separate_evaluation_bn_vars": True}, {"transformer_activation": "sigmoid"},
+])
+def test_model_variants_produce_finite_logits_that_depend_on_the_support_set(overrides):
+  c, model = tiny_model(**overrides)
+  rng = np.random.default_rng(0)
+  sx = jnp.asarray(rng.normal(size=(5, 28, 28, 1)), jnp.float32)
+  qx = jnp.asarray(rng.normal(size=(10, 28, 28, 1)), jnp.float32)
+  labels = jnp.arange(5)
+  logits = model(sx, labels, qx)
+  assert logits.shape == (10, 5) and bool(jnp.isfinite(logits).all())
+  # Other labels for the same support images generate a different CNN.
+  assert not np.allclose(logits, model(sx, labels.at[0].set(1), qx), atol=1e-5)
+
+
+def test_support_permutation_invariance():
+  """No positional encoding: shuffling the support set (with its labels) changes nothing."""
+  _, model = tiny_model()
+  rng = np.random.default_rng(1)
+  sx = jnp.asarray(rng.normal(size=(5, 28, 28, 1)), jnp.float32)
+  qx = jnp.asarray(rng.normal(size=(10, 28, 28, 1)), jnp.float32)
+  perm = jnp.array([3, 0, 4, 1, 2])
+  np.testing.assert_allclose(model(sx, jnp.arange(5), qx), model(sx[perm], jnp.arange(5)[perm], qx),
+                             atol=1e-4)
