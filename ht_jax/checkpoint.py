@@ -30,13 +30,14 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                             create=True))
+                                             create=True),
+        item_handlers=ocp.StandardCheckpointHandler())   # lets a fresh manager read metadata
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def all_steps(self) -> list[int]:
-    return sorted(self.manager.all_steps(read=True))
+    return sorted(self.manager.all_steps())
 
   def save(self, step: int, state: dict) -> None:
     if step in self.manager.all_steps():
@@ -53,6 +54,13 @@ class Checkpointer:
             f"checkpoint step {step} in {self.directory} was made with another config: parameter "
             f"{name} has shape {saved.get(name, 'missing')} there but {wanted.get(name, 'missing')} in "
             f"this model; pass the config it was trained with, or use another --workdir.")
+    saved = _flat_shapes(self.manager.item_metadata(step)["opt_state"])
+    wanted = _flat_shapes(target["opt_state"])
+    if saved != wanted:
+      raise CheckpointMismatchError(
+          f"checkpoint step {step} in {self.directory} holds the state of another optimiser than "
+          f"train.optimizer of this config; resume with the optimiser it was trained with, or use "
+          f"another --workdir.")
 
   def restore(self, step: int, target: dict) -> dict:
     """Restore `step` into the structure of `target` (concrete or abstract arrays)."""

@@ -22,6 +22,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def run(fn) -> None:
   """Calls fn(); an error the user can fix ends the program with its one sentence, no traceback."""
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO
   if CONFIG.value is None or not WORKDIR.value:
     sys.exit("error: pass --config=configs/<name>.py and --workdir=DIR.")
   try:

@@ -186,7 +186,7 @@ def watch(config, workdir, poll_seconds: float = 10.0, timeout_hours: float = 0.
       return results
     time.sleep(poll_seconds)
     if checkpointer is not None:
-      checkpointer.manager.reload()
+      checkpointer.manager.reload()   # see checkpoints written by the training process
 
 
 def _final_step(workdir: pathlib.Path) -> int | None:

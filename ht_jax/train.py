@@ -50,7 +50,6 @@ def make_train_step(graphdef, config, tx):
   """(params, opt_state, batch, key) -> (params, opt_state, metrics); batch arrays are [B, ...]."""
   model_cfg = config.model
   random = uses_randomness(model_cfg)
-  schedule = learning_rate_schedule(config.train)
 
   def loss_fn(params, batch, key):
     model = nnx.merge(graphdef, params)
@@ -66,8 +65,7 @@ def make_train_step(graphdef, config, tx):
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    step = optax.tree_utils.tree_get(opt_state, "count")
-    metrics["learning_rate"] = schedule(step - 1) if step is not None else schedule(0)
+    metrics["update_norm"] = optax.tree.norm(updates)   # the host stops before saving a NaN
     return params, opt_state, metrics
 
   return train_step
@@ -133,14 +131,27 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
   _drop_rows_after(writer.path, start)
   train_step = make_train_step(graphdef, config, tx)
   accuracy_fn = make_accuracy_fn(graphdef)
+  schedule = learning_rate_schedule(t)
   base_key = jax.random.key(int(t.seed))
   batch_size = int(t.episodes_per_step)
   steps = int(t.steps)
 
+  last, window, unchecked = {}, [], []
+
+  def check_finite():
+    """Raises on the first step whose loss or update was not finite (before anything is saved)."""
+    for step_done, m in unchecked:
+      if not (np.isfinite(float(m["loss"])) and np.isfinite(float(m["update_norm"]))):
+        raise TrainingDivergedError(
+            f"training diverged at step {step_done} (loss {float(m['loss'])}, update norm "
+            f"{float(m['update_norm'])}); the last good checkpoint (step {checkpointer.latest_step()}) "
+            f"is kept in {checkpointer.directory}; lower train.learning_rate and run again.")
+    unchecked.clear()
+
   def save(step):
+    check_finite()
     checkpointer.save(step, {"params": params, "opt_state": opt_state, "step": step})
 
-  last, window, step = {}, [], start
   started = time.perf_counter()
   prefetcher = Prefetcher(train_sampler, int(t.seed), start, steps, batch_size)
   bar = tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True, disable=process != 0,
@@ -149,37 +160,33 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     with _StopRequest() as stop:
       if start == 0 and latest is None:
         save(0)   # the original saves step 0 too
+      done = start
       for step, batch in prefetcher:
         params, opt_state, metrics = train_step(params, opt_state, batch, jax.random.fold_in(base_key, step))
-        window.append(metrics)
         done = step + 1
+        window.append(metrics)
+        unchecked.append((done, metrics))
         bar.update(1)
         if done % t.log_every == 0 or done == steps:
+          check_finite()
           host = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
           window = []
-          if not np.isfinite(host["loss"]):
-            raise TrainingDivergedError(
-                f"the loss became {host['loss']} between steps {done - t.log_every} and {done}; the last "
-                f"good checkpoint (step {checkpointer.latest_step()}) is kept in {checkpointer.directory}; "
-                f"lower train.learning_rate and resume.")
           monitor = episode_arrays(monitor_sampler.batch(int(t.seed) + 1, done, range(batch_size)))
           host["test_accuracy"] = float(accuracy_fn(params, monitor))
-          host["episodes_per_second"] = bar.format_dict["rate"] * batch_size if bar.format_dict["rate"] else 0.0
+          host["learning_rate"] = float(schedule(step))
+          rate = bar.format_dict["rate"]
+          host["episodes_per_second"] = rate * batch_size if rate else 0.0
           writer.write(done, host)
           last = {"step": done, **host}
           bar.set_postfix(loss=f"{host['loss']:.3f}", acc=f"{host['accuracy']:.3f}",
                           test_acc=f"{host['test_accuracy']:.3f}", refresh=False)
-        if done % t.checkpoint_every == 0:
-          save(done)
         out_of_time = t.max_train_minutes and time.perf_counter() - started > 60 * t.max_train_minutes
-        if stop.signal or out_of_time:
+        if done % t.checkpoint_every == 0 or done == steps or stop.signal or out_of_time:
           save(done)
+        if stop.signal or out_of_time:
           reason = stop.signal or f"train.max_train_minutes={t.max_train_minutes}"
           print(f"\nStopped at step {done} ({reason}); checkpoint saved in {checkpointer.directory}.")
           break
-      else:
-        done = steps
-        save(done)
   finally:
     bar.close()
     prefetcher.close()
