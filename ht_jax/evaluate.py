@@ -110,24 +110,34 @@ def load_history(eval_dir: pathlib.Path) -> list[dict]:
 
 
 def plot_history(eval_dir: pathlib.Path) -> pathlib.Path:
-  """accuracy.png: accuracy against step for each split, with the 95% interval as a band."""
+  """accuracy.png: the evaluated accuracy of each split against step (95% interval as error bars),
+  over the training curves of metrics.jsonl (query accuracy, and the original's one-episode
+  monitor on test classes), so that even a single evaluation sits in context."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from ht_jax.metrics import read_metrics
   rows = load_history(eval_dir)
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  curves = read_metrics(eval_dir.parent / "metrics.jsonl")
+  fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+  if curves:
+    steps = np.asarray([r["step"] for r in curves])
+    for key, label in (("accuracy", "training query accuracy"), ("test_accuracy", "monitor (1 test episode)")):
+      values = np.asarray([r.get(key, np.nan) for r in curves]) * 100
+      width = max(1, len(values) // 25)   # running mean: the monitor is one noisy episode
+      smooth = np.convolve(values, np.ones(width) / width, mode="valid")
+      ax.plot(steps[width - 1:], smooth, lw=1, alpha=0.6, label=label)
   for split in sorted({s for r in rows for s in r["splits"]}):
     pts = [(r["step"], r["splits"][split]["accuracy"] * 100, r["splits"][split]["ci95"] * 100)
            for r in rows if split in r["splits"]]
     steps, acc, ci = map(np.asarray, zip(*pts))
-    ax.plot(steps, acc, marker="o", label=split)
-    ax.fill_between(steps, acc - ci, acc + ci, alpha=0.2)
+    ax.errorbar(steps, acc, yerr=ci, marker="o", capsize=3, label=f"eval {split} ({acc[-1]:.1f}%)")
   if rows:
-    ax.set_title(f"{rows[-1]['ways']}-way {rows[-1]['shots']}-shot accuracy (95% CI)")
+    ax.set_title(f"{rows[-1]['ways']}-way {rows[-1]['shots']}-shot accuracy (eval: 95% CI over tasks)")
   ax.set_xlabel("training step")
   ax.set_ylabel("accuracy (%)")
   ax.grid(alpha=0.3)
-  ax.legend()
+  ax.legend(fontsize=8)
   fig.tight_layout()
   path = eval_dir / "accuracy.png"
   fig.savefig(path)

@@ -22,6 +22,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def small_config(steps=6, **train):
   """quickstart's 5-way 1-shot model, shrunk so that a test compiles and runs in seconds."""
   c = quickstart.get_config("tiny")
+  c.model.number_of_trained_cnn_layers = 0   # every layer generated, as the original scripts
   c.model.num_layers = 1
   c.model.shared_feature_extractor = "2-layer"
   c.data.samples_cnn = 10
