@@ -22,6 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
   d.use_labels = 8                  # classes 0..use_labels-1 when train_dataset has no range
   d.shuffle_labels_seed = 0         # >0: Python-random permutation of class ids at load time
   d.image_size = 28
+  d.invert_images = False           # True: 255 - pixels (Omniglot's PNG polarity, dark ink on white)
   d.num_labels = 4                  # ways N
   d.samples_transformer = 32        # support samples per episode (labelled + unlabelled)
   d.samples_cnn = 128               # query samples per training episode
@@ -115,3 +116,14 @@ def base_config() -> ml_collections.ConfigDict:
   e.seed = 1234                     # evaluation episodes are the same for every checkpoint
   e.tasks_per_call = 8              # tasks vmapped per evaluation call (speed only)
   return c
+
+
+def disable_image_transforms(d: ml_collections.ConfigDict) -> None:
+  """What every original script sets: no random rotation/smooth/contrast/resize/negate/roll for
+  training or test classes (the bare flag defaults switch smoothing and contrast on)."""
+  d.rotation_probability = d.boundary_probability = d.smooth_probability = 0.0
+  d.contrast_probability = d.resize_probability = d.negate_probability = d.roll_probability = 0.0
+  d.angle_range = 30.0   # inert: rotation probability is 0
+  for name in ("rotation", "smooth", "contrast", "resize", "negate", "roll"):
+    d[f"test_{name}_probability"] = 0.0
+  d.test_angle_range = -1.0

@@ -8,7 +8,7 @@ utils/cache_miniimagenet.py). 16-channel maxpool-4-layer CNN, 8-head transformer
 leaky ReLU, ImageNet-style augmentation of training episodes.
 """
 
-from configs.common import base_config
+from configs.common import base_config, disable_image_transforms
 
 
 def apply_imagenet_1shot(c, name: str, train: str, test: str, channels: int, features: int):
@@ -20,12 +20,7 @@ def apply_imagenet_1shot(c, name: str, train: str, test: str, channels: int, fea
   d.per_label_augmentation = False
   d.random_rotate_by_90 = False
   d.apply_image_augmentations = True
-  d.rotation_probability = d.boundary_probability = d.smooth_probability = 0.0
-  d.contrast_probability = d.resize_probability = d.negate_probability = d.roll_probability = 0.0
-  d.angle_range = 30.0
-  for key in ("rotation", "smooth", "contrast", "resize", "negate", "roll"):
-    d[f"test_{key}_probability"] = 0.0
-  d.test_angle_range = -1.0
+  disable_image_transforms(d)
   m.num_layerwise_features = features
   m.default_num_channels = channels
   m.cnn_model_name = "maxpool-4-layer"

@@ -6,11 +6,11 @@
 8-channel maxpool-4-layer CNN, every layer generated, 3-layer 2-head transformers (d=32).
 The original schedule is 4M steps (weeks on a CPU); the paper reports 87.2% test accuracy for
 this model. `:tiny` is a seconds-long CPU variant of the same architecture for tests.
-Every value equals the script's flag; differences from the original are only the config keys
-that the original did not have (episodes_per_step=1 reproduces its one-episode steps).
+Every value equals the script's flag; the other keys are ones the original did not have
+(episodes_per_step=1 reproduces its one-episode steps; invert_images: see below).
 """
 
-from configs.common import base_config
+from configs.common import base_config, disable_image_transforms
 
 
 def apply_omniglot_1shot(c):
@@ -19,16 +19,15 @@ def apply_omniglot_1shot(c):
   d.train_dataset, d.test_dataset = "omniglot:0-1149", "omniglot:1200-1622"
   d.shuffle_labels_seed = 2022
   d.image_size = 28
+  # The original's Omniglot cache is undocumented. Dark ink on a white background (the PNGs'
+  # polarity) is our reading of it: with the script's flags and 10.6 CPU minutes it reached
+  # 71.8% test accuracy, ink-on-black 61.2% (README), against the original's 70.4%.
+  d.invert_images = True
   d.num_labels, d.samples_transformer, d.samples_cnn = 20, 20, 60
   d.balanced_batches = True
   d.per_label_augmentation = True
   d.random_rotate_by_90 = True
-  d.rotation_probability = d.boundary_probability = d.smooth_probability = 0.0
-  d.contrast_probability = d.resize_probability = d.negate_probability = d.roll_probability = 0.0
-  d.angle_range = 30.0
-  for name in ("rotation", "smooth", "contrast", "resize", "negate", "roll"):
-    d[f"test_{name}_probability"] = 0.0
-  d.test_angle_range = -1.0
+  disable_image_transforms(d)
   # Model.
   m.num_layerwise_features = 8
   m.default_num_channels = 8

@@ -72,6 +72,12 @@ def permute_classes(dataset: ClassDataset, keys: list[int]) -> ClassDataset:
   return ClassDataset(dataset.name, [dataset.images[k] for k in keys])
 
 
+def _invert(images):
+  if isinstance(images, np.ndarray):
+    return np.subtract(255, images, dtype=images.dtype) if images.dtype == np.uint8 else 255 - images
+  return [_invert(block) for block in images]
+
+
 def load_dataset(data_cfg) -> ClassDataset:
   """Loads the dataset of `config.data.train_dataset`, then applies the optional class shuffle.
 
@@ -90,6 +96,8 @@ def load_dataset(data_cfg) -> ClassDataset:
     dataset = ClassDataset(name, read_omniglot(data_dir).images)
   else:
     dataset = load_numpy_cache(data_dir, name)
+  if data_cfg.get("invert_images", False):   # white background, dark ink (the PNGs' polarity)
+    dataset = ClassDataset(dataset.name, _invert(dataset.images))
   seed = int(data_cfg.shuffle_labels_seed)
   if seed > 0 and split == "seed2022":
     dataset = permute_classes(dataset, shuffled_class_order(dataset.num_classes, seed))

@@ -23,8 +23,7 @@ from tqdm import tqdm
 
 import ht_data
 from ht_jax.checkpoint import Checkpointer
-from ht_jax.optimizer import make_optimizer
-from ht_jax.train import create_model
+from ht_jax.train import initial_state
 
 
 def make_task_accuracy_fn(graphdef):
@@ -78,8 +77,7 @@ class Evaluator:
 
   def __init__(self, config):
     self.config = config
-    self.graphdef, params = create_model(config)
-    self.target = {"params": params, "opt_state": make_optimizer(config.train).init(params), "step": 0}
+    self.graphdef, self.target = initial_state(config)
     self.task_accuracy = make_task_accuracy_fn(self.graphdef)
     self.samplers = split_samplers(config, ht_data.load_dataset(config.data))
 

@@ -46,6 +46,13 @@ def create_model(config, seed: int | None = None) -> tuple[nnx.GraphDef, nnx.Sta
   return graphdef, params
 
 
+def initial_state(config) -> tuple[nnx.GraphDef, dict]:
+  """The model's graph and a fresh checkpointable state {params, opt_state, step}; restoring a
+  checkpoint into this state checks every parameter's shape."""
+  graphdef, params = create_model(config)
+  return graphdef, {"params": params, "opt_state": make_optimizer(config.train).init(params), "step": 0}
+
+
 def make_train_step(graphdef, config, tx):
   """(params, opt_state, batch, key) -> (params, opt_state, metrics); batch arrays are [B, ...]."""
   model_cfg = config.model

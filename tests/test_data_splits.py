@@ -116,6 +116,12 @@ def test_load_dataset_applies_the_seed_shuffle(omniglot):
   np.testing.assert_array_equal(alphabet_mode.images[:50], omniglot.images[:50])
 
 
+def test_invert_images_flips_polarity(omniglot):
+  inverted = load_dataset(omniglot_config(shuffle_labels_seed=0, invert_images=True).data)
+  assert inverted.images.dtype == np.uint8
+  np.testing.assert_array_equal(inverted.images[:3], 255 - omniglot.images[:3])
+
+
 def test_alphabet_split(omniglot):
   meta = omniglot.metadata
   config = omniglot_config(split="alphabet")

@@ -14,7 +14,7 @@ import pytest
 
 from configs import quickstart
 from ht_jax.checkpoint import Checkpointer, CheckpointMismatchError, state_equal
-from ht_jax.train import TrainingDivergedError, train_and_evaluate
+from ht_jax.train import TrainingDivergedError, initial_state, train_and_evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -35,16 +35,9 @@ def small_config(steps=6, **train):
   return c
 
 
-def _target(config):
-  from ht_jax.optimizer import make_optimizer
-  from ht_jax.train import create_model
-  _, params = create_model(config)
-  return {"params": params, "opt_state": make_optimizer(config.train).init(params), "step": 0}
-
-
 def restore_latest(workdir, config):
   ckpt = Checkpointer(workdir, async_save=False)
-  return ckpt.restore(ckpt.latest_step(), _target(config))
+  return ckpt.restore(ckpt.latest_step(), initial_state(config)[1])
 
 
 def test_resume_is_bit_identical(tmp_path):
