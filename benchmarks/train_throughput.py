@@ -81,7 +81,7 @@ def main():
   out = {"device": str(jax.devices()[0].device_kind), "cpu": platform.processor() or platform.machine(),
          "rows": rows}
   (RESULTS / "train_throughput.json").write_text(json.dumps(out, indent=2))
-  print(f"| config | episodes/step | episodes/s median (min-max) | compile s | peak RSS MB |\n|---|---|---|---|---|")
+  print("| config | episodes/step | episodes/s median (min-max) | compile s | peak RSS MB |\n|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['config']} | {r['episodes_per_step']} | {r['episodes_per_s_median']:.1f} "
           f"({r['episodes_per_s_min']:.1f}-{r['episodes_per_s_max']:.1f}) | {r['compile_s']:.1f} | "

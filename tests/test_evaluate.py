@@ -2,12 +2,11 @@
 
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ht_jax.evaluate import Evaluator, evaluate_split, format_table, watch, write_result
+from ht_jax.evaluate import Evaluator, format_table, watch, write_result
 from tests.test_train import small_config
 
 
@@ -19,7 +18,7 @@ def test_protocol_counts_and_task_means(tmp_path):
   c.eval.batch_size = 10
   c.eval.splits = "val,test"
   evaluator = Evaluator(c)
-  _, params = nnx.split(nnx.merge(evaluator.graphdef, evaluator.target["params"]), nnx.Param)
+  params = evaluator.target["params"]
   result = evaluator.evaluate(params, step=7)
   assert result["ways"] == 5 and result["shots"] == 1 and result["step"] == 7
   assert set(result["splits"]) == {"val", "test"}
