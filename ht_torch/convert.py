@@ -16,10 +16,11 @@ class ConversionError(ValueError):
   """A parameter is missing, extra or has the wrong shape; the message names the first one."""
 
 
-# (module path condition, JAX leaf, torch leaf, JAX -> torch layout, torch -> JAX layout)
 def _is_generated_cnn_kernel(path: str) -> bool:
   return path.startswith("cnn_layers.")   # learned CNN kernels stay HWIO in both (used as matrices)
 
+
+# (condition on path and array, JAX leaf, torch leaf, JAX -> torch layout, torch -> JAX layout)
 LEAF_RULES = [
     # Linear kernel (in, out) <-> weight (out, in)
     (lambda p, a: a.ndim == 2 and p.endswith(".kernel") and not _is_generated_cnn_kernel(p),
