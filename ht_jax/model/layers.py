@@ -49,10 +49,19 @@ def conv2d(x: jax.Array, kernel_matrix: jax.Array, kernel: int, stride: int, pad
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2 / stride-2 valid max-pool (odd sizes floor, as TF's)."""
+  """2x2 / stride-2 valid max-pool (odd sizes floor, as TF's).
+
+  The gradient goes to the first maximal entry of each window in row-major order, as in torch.
+  Max-pool is not written with `max`: the gradients of reduce-max and of `maximum` compare the input
+  with the output for equality, and under jit XLA:CPU may compute the two in separate fusions that
+  round differently; the gradient is then dropped (or 0/0 = NaN for reduce-max). Ties are common
+  here: a constant background gives equal activations across a whole window.
+  """
   n, h, w, c = x.shape
-  x = x[:, :h // 2 * 2, :w // 2 * 2, :]
-  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+  h2, w2 = h // 2 * 2, w // 2 * 2
+  corners = jnp.stack([x[:, i:h2:2, j:w2:2, :] for i in (0, 1) for j in (0, 1)], axis=-1)
+  first_max = jax.lax.stop_gradient(jnp.argmax(corners, axis=-1))[..., None] == jnp.arange(4)
+  return jnp.where(first_max, corners, 0.0).sum(axis=-1)
 
 
 def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
