@@ -10,7 +10,6 @@ Writes DIR/eval/step_<N>.json, DIR/eval/latest.json and DIR/eval/accuracy.png.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import pathlib
 import time
@@ -22,54 +21,38 @@ from flax import nnx
 from tqdm import tqdm
 
 import ht_data
+from ht_data import protocol
 from ht_jax.checkpoint import Checkpointer
 from ht_jax.train import initial_state
 
 
+def make_task_predictions_fn(graphdef):
+  """[T, batches, Q] predicted labels: the CNN is generated once per task, then classifies every
+  query batch (BN statistics per batch)."""
+  @jax.jit
+  def task_predictions(params, support_images, support_labels, query_images):
+    model = nnx.merge(graphdef, params)
+    def one_task(sx, sy, qx):                # qx: [num_batches, Q, H, W, C]
+      weights, _ = model.generate(sx, sy)
+      return jnp.argmax(jax.vmap(lambda x: model.classify(weights, x))(qx), -1)
+    return jax.vmap(one_task)(support_images, support_labels, query_images)
+  return task_predictions
+
+
 def make_task_accuracy_fn(graphdef):
-  """[T] task accuracies: the CNN is generated once per task, then classifies every query batch."""
+  """[T] task accuracies, the mean over each task's query batches."""
+  predictions = make_task_predictions_fn(graphdef)
   @jax.jit
   def task_accuracy(params, support_images, support_labels, query_images, query_labels):
-    model = nnx.merge(graphdef, params)
-    def one_task(sx, sy, qx, qy):            # qx: [num_batches, Q, H, W, C]
-      weights, _ = model.generate(sx, sy)
-      logits = jax.vmap(lambda x: model.classify(weights, x))(qx)
-      return jnp.mean(jnp.argmax(logits, -1) == qy)
-    return jax.vmap(one_task)(support_images, support_labels, query_images, query_labels)
+    return jnp.mean(predictions(params, support_images, support_labels, query_images) == query_labels, axis=(1, 2))
   return task_accuracy
 
 
-def split_samplers(config, dataset) -> dict[str, ht_data.EpisodeSampler]:
-  class_ids = ht_data.split_class_ids(config.data, config.eval)
-  samplers = {}
-  for split in [s.strip() for s in config.eval.splits.split(",") if s.strip()]:
-    if split not in class_ids:
-      raise ht_data.DataError(f"eval.splits names {split!r}, which is not one of {', '.join(class_ids)}; "
-                              f"fix --config.eval.splits.")
-    # The train split is evaluated with the training augmentation, val/test without (as the original).
-    spec = ht_data.EpisodeSpec.from_config(config.data, training=split == "train",
-                                           query_size=int(config.eval.batch_size))
-    samplers[split] = ht_data.EpisodeSampler(dataset, class_ids[split], spec)
-  return samplers
-
-
 def evaluate_split(task_accuracy, params, sampler, config, desc: str = "") -> dict:
-  e = config.eval
-  tasks, chunk = int(e.num_task_evals), max(1, int(e.tasks_per_call))
-  def load(first):
-    idx = [min(first + i, tasks - 1) for i in range(chunk)]   # pad the last call: no recompilation
-    parts = [sampler.eval_task(int(e.seed), i, int(e.num_eval_batches)) for i in idx]
-    return (np.stack([p[0].support_images[0] for p in parts]), np.stack([p[0].support_labels[0] for p in parts]),
-            np.stack([p[1] for p in parts]), np.stack([p[2] for p in parts]))
-  accuracies = []
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    futures = [pool.submit(load, first) for first in range(0, tasks, chunk)]
-    for first, future in zip(tqdm(range(0, tasks, chunk), desc=desc, unit="call", leave=False), futures):
-      acc = task_accuracy(params, *future.result())
-      accuracies.extend(np.asarray(acc)[:min(chunk, tasks - first)].tolist())
-  acc = np.asarray(accuracies, np.float64)
-  ci95 = 1.96 * acc.std(ddof=1) / np.sqrt(len(acc)) if len(acc) > 1 else float("nan")
-  return {"accuracy": float(acc.mean()), "ci95": float(ci95), "tasks": int(len(acc))}
+  def progress(chunks, total):
+    return tqdm(chunks, total=total, desc=desc, unit="call", leave=False)
+  return protocol.evaluate_split(lambda *arrays: task_accuracy(params, *arrays), sampler, config.eval,
+                                 chunk=max(1, int(config.eval.tasks_per_call)), progress=progress)
 
 
 class Evaluator:
@@ -79,12 +62,10 @@ class Evaluator:
     self.config = config
     self.graphdef, self.target = initial_state(config)
     self.task_accuracy = make_task_accuracy_fn(self.graphdef)
-    self.samplers = split_samplers(config, ht_data.load_dataset(config.data))
+    self.samplers = protocol.split_samplers(config, ht_data.load_dataset(config.data))
 
   def evaluate(self, params, step: int) -> dict:
-    d = self.config.data
-    ways = int(d.num_labels)
-    shots = int(d.samples_transformer) // ways - int(d.unlabeled_samples_per_class)
+    ways, shots = protocol.ways_and_shots(self.config.data)
     splits = {name: evaluate_split(self.task_accuracy, params, sampler, self.config, desc=f"eval {name}")
               for name, sampler in self.samplers.items()}
     return {"step": int(step), "ways": ways, "shots": shots, "splits": splits}

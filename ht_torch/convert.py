@@ -1,10 +1,20 @@
 """JAX/Flax parameters <-> torch state_dict, table-driven and checked name by name and shape by shape.
 
 Tree paths are identical in both models (`generators.2.transformer.layers.0.attention.query`);
-only leaf names and layouts differ, as listed in LEAF_RULES.
+only leaf names and layouts differ, as listed in LEAF_RULES. On disk the torch side is a
+safetensors file (no pickle) whose metadata carries the config and step it was made with.
+
+  python -m ht_torch.convert --from-jax WORKDIR --out model.safetensors [--step N]
+  python -m ht_torch.convert --from-torch model.safetensors --config=configs/X.py --workdir OUTDIR
+
+The second writes an Orbax checkpoint (step from the file, fresh optimiser state) that
+`ht_jax.evaluate` reads and `ht_jax.train` resumes from.
 """
 
 from __future__ import annotations
+
+import json
+import pathlib
 
 import jax
 import numpy as np
@@ -96,3 +106,124 @@ def torch_to_jax(state: dict[str, torch.Tensor], reference: nnx.State) -> nnx.St
                           f"they were made with another config.")
   leaves = [arrays[".".join(str(k) for k in path)] for path, _ in nnx.to_flat_state(reference)]
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(reference), [jax.numpy.asarray(a) for a in leaves])
+
+
+# --- safetensors files ------------------------------------------------------------------------------
+
+def save_safetensors(state: dict[str, torch.Tensor], path: str | pathlib.Path, config, step: int) -> pathlib.Path:
+  from safetensors.torch import save_file
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  metadata = {"format": "hypertransformer", "step": str(int(step)),
+              "config": config.to_json_best_effort()}
+  save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path), metadata=metadata)
+  return path
+
+
+def load_safetensors(path: str | pathlib.Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+  """(state_dict, metadata); one-sentence ConversionError for a missing or non-safetensors file."""
+  from safetensors import SafetensorError, safe_open
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise ConversionError(f"weights file {path} does not exist; pass the .safetensors file written by "
+                          f"ht_torch.convert --from-jax or ht_torch.train.")
+  try:
+    with safe_open(str(path), framework="pt") as f:
+      return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+  except (SafetensorError, OSError, ValueError) as e:
+    raise ConversionError(f"{path} is not a readable safetensors file ({e}); convert the weights again "
+                          f"with ht_torch.convert.") from None
+
+
+def check_same_model(metadata: dict[str, str], config, path) -> None:
+  """Names the first model setting where the file's config and `config` differ (shapes alone would
+  not catch e.g. relu vs lrelu)."""
+  if "config" not in metadata:
+    return
+  saved = json.loads(metadata["config"]).get("model", {})
+  wanted = json.loads(config.to_json_best_effort()).get("model", {})
+  for key in sorted(set(saved) | set(wanted)):
+    if saved.get(key) != wanted.get(key):
+      raise ConversionError(f"{path} was made with model.{key}={saved.get(key)!r} but the config has "
+                            f"{wanted.get(key)!r}; pass the config the weights were made with.")
+
+
+def config_from_workdir(workdir: str | pathlib.Path):
+  import ml_collections
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.is_file():
+    raise ConversionError(f"{path} does not exist; pass --config=configs/X.py with the config {workdir} "
+                          f"was trained with.")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def jax_workdir_to_safetensors(workdir, out, config=None, step: int | None = None) -> pathlib.Path:
+  """The params of a JAX checkpoint (latest, or `step`) as a torch safetensors file."""
+  from ht_jax.checkpoint import Checkpointer
+  from ht_jax.train import initial_state
+  config = config if config is not None else config_from_workdir(workdir)
+  checkpointer = Checkpointer(workdir, async_save=False)
+  try:
+    steps = checkpointer.all_steps()
+    step = steps[-1] if (step is None and steps) else step
+    if step is None or step not in steps:
+      raise ConversionError(f"no checkpoint{'' if step is None else f' at step {step}'} in "
+                            f"{checkpointer.directory} (it has {steps or 'none'}); train first or pass --step.")
+    _, target = initial_state(config)
+    params = checkpointer.restore(step, target)["params"]
+  finally:
+    checkpointer.close()
+  return save_safetensors(jax_to_torch(params), out, config, step)
+
+
+def safetensors_to_jax_workdir(path, config, workdir) -> int:
+  """Writes the weights of `path` as an Orbax checkpoint in `workdir`; returns its step."""
+  from ht_jax.checkpoint import Checkpointer
+  from ht_jax.optimizer import make_optimizer
+  from ht_jax.train import initial_state
+  state, metadata = load_safetensors(path)
+  check_same_model(metadata, config, path)
+  _, target = initial_state(config)
+  params = torch_to_jax(state, target["params"])
+  step = int(metadata.get("step", 0))
+  workdir = pathlib.Path(workdir)
+  checkpointer = Checkpointer(workdir, async_save=False)
+  try:
+    if step in checkpointer.all_steps():
+      raise ConversionError(f"{checkpointer.directory} already has a checkpoint at step {step}; "
+                            f"pass an empty --workdir so nothing saved is overwritten.")
+    checkpointer.save(step, {"params": params, "opt_state": make_optimizer(config.train).init(params), "step": step})
+  finally:
+    checkpointer.close()
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  return step
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (default: WORKDIR/config.json).")
+  _FROM_JAX = flags.DEFINE_string("from_jax", None, "A JAX training workdir to convert.")
+  _FROM_TORCH = flags.DEFINE_string("from_torch", None, "A .safetensors file to convert.")
+  _OUT = flags.DEFINE_string("out", None, "With --from-jax: the .safetensors file to write.")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "With --from-torch: the JAX workdir to write.")
+  _STEP = flags.DEFINE_integer("step", None, "With --from-jax: the checkpoint step (default: latest).")
+
+  def main(argv):
+    import sys
+    from ht_jax import cli
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)
+    try:
+      if _FROM_JAX.value and _OUT.value:
+        path = jax_workdir_to_safetensors(_FROM_JAX.value, _OUT.value, _CONFIG.value, _STEP.value)
+        print(f"wrote {path}")
+      elif _FROM_TORCH.value and _WORKDIR.value and _CONFIG.value is not None:
+        step = safetensors_to_jax_workdir(_FROM_TORCH.value, _CONFIG.value, _WORKDIR.value)
+        print(f"wrote an Orbax checkpoint at step {step} in {pathlib.Path(_WORKDIR.value) / 'checkpoints'}")
+      else:
+        sys.exit("error: pass --from-jax WORKDIR --out FILE.safetensors, or --from-torch FILE.safetensors "
+                 "--config=configs/X.py --workdir OUTDIR.")
+    except (ConversionError, *cli.user_errors()) as e:
+      sys.exit(f"error: {e}")
+  app.run(main)

@@ -1,0 +1,90 @@
+"""Training in torch: `python -m ht_torch.train --config=configs/X.py --workdir=DIR`.
+
+The twin of ht_jax.train's step: the mean episode loss of a batch of episodes, one optimiser step,
+on the same episodes (ht_data, same seeds). Writes DIR/metrics.jsonl and, at the end (or on
+Ctrl-C), DIR/model.safetensors, which `ht_torch.evaluate` reads and `ht_torch.convert --from-torch`
+turns into an Orbax checkpoint. It does not resume; train in JAX for long runs.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+import torch
+
+import ht_data
+from ht_torch.model.hypertransformer import HyperTransformer
+from ht_torch.model.loss import episode_loss
+from ht_torch.optimizer import make_optimizer
+
+
+def train_step(model: HyperTransformer, optimizer, scheduler, model_cfg, batch: dict[str, np.ndarray],
+               generator: torch.Generator | None = None) -> dict:
+  """One step on a batch of episodes (arrays [B, ...], NHWC images); returns host metrics.
+  `generator` enables the training-time randomness (dropout, token removal)."""
+  model.train()
+  optimizer.zero_grad(set_to_none=True)
+  episodes = len(batch["support_images"])
+  totals = {}
+  for i in range(episodes):   # looping beats batching here: every episode has its own CNN weights
+    loss, metrics = episode_loss(model, model_cfg, batch["support_images"][i], batch["support_labels"][i],
+                                 batch["query_images"][i], batch["query_labels"][i], generator=generator)
+    (loss / episodes).backward()
+    for k, v in metrics.items():
+      totals[k] = totals.get(k, 0.0) + float(v) / episodes
+  optimizer.step()
+  scheduler.step()
+  return totals
+
+
+def train(config, workdir: str | pathlib.Path) -> dict:
+  from tqdm import tqdm
+  from ht_jax.metrics import MetricWriter
+  from ht_jax.train import uses_randomness
+  from ht_torch.convert import save_safetensors
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  t = config.train
+  torch.manual_seed(int(t.seed))
+  dataset = ht_data.load_dataset(config.data)
+  sampler = ht_data.EpisodeSampler(dataset, ht_data.train_class_ids(config.data),
+                                   ht_data.EpisodeSpec.from_config(config.data, training=True))
+  model = HyperTransformer(config)
+  optimizer, scheduler = make_optimizer(model.parameters(), t)
+  writer = MetricWriter(workdir)
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  steps, batch_size, started = int(t.steps), int(t.episodes_per_step), time.perf_counter()
+  random = uses_randomness(config.model)
+  last, window, step = {}, [], 0
+  try:
+    for step in tqdm(range(steps), unit="step", file=sys.stdout, mininterval=1.0):
+      episode = sampler.batch(int(t.seed), step, range(batch_size))
+      batch = {"support_images": episode.support_images, "support_labels": episode.support_labels,
+               "query_images": episode.query_images, "query_labels": episode.query_labels}
+      generator = torch.Generator().manual_seed(int(t.seed) * 1_000_003 + step) if random else None
+      window.append(train_step(model, optimizer, scheduler, config.model, batch, generator))
+      if (step + 1) % t.log_every == 0 or step + 1 == steps:
+        last = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+        window = []
+        writer.write(step + 1, last)
+        if not np.isfinite(last["loss"]):
+          sys.exit(f"error: training diverged at step {step + 1}; lower train.learning_rate.")
+      if t.max_train_minutes and time.perf_counter() - started > 60 * t.max_train_minutes:
+        break
+  except KeyboardInterrupt:
+    print(f"\nStopped at step {step}; saving the weights.")
+  finally:
+    writer.close()
+  path = save_safetensors(model.state_dict(), workdir / "model.safetensors", config, step=step + 1)
+  print(f"wrote {path}")
+  return last
+
+
+if __name__ == "__main__":
+  from absl import app
+  from ht_jax import cli
+  app.run(lambda argv: cli.run(lambda: train(cli.CONFIG.value, cli.WORKDIR.value)))
