@@ -1,4 +1,5 @@
-"""Defaults of every original flag (tf/common_flags.py), grouped as data / model / train / eval.
+"""Defaults of every original flag (tf/common_flags.py), grouped as data / model / train / eval,
+plus where the run spreads over devices and hosts (parallel).
 
 Each script config (`omniglot_1shot_v1.py`, ...) starts from `base_config()` and sets exactly the
 flags its original shell script sets. Key names are the original flag names, so the README's flag
@@ -114,7 +115,17 @@ def base_config() -> ml_collections.ConfigDict:
   e.num_eval_batches = 16
   e.batch_size = 200                # eval_batch_size
   e.seed = 1234                     # evaluation episodes are the same for every checkpoint
-  e.tasks_per_call = 8              # tasks vmapped per evaluation call (speed only)
+  e.tasks_per_call = 8              # tasks vmapped per evaluation call (speed only; rounded up to
+                                    # a multiple of the device count, each device takes its share)
+
+  # --- Devices and hosts (ht_jax/parallel.py; README "Scaling out") -----------------------------
+  # Every device of every process is one `data` mesh axis; train.episodes_per_step is the global
+  # batch and must be a multiple of the device count.
+  c.parallel = p = ml_collections.ConfigDict()
+  p.distributed = False             # True: many processes, jax.distributed.initialize() (TPU pod, GPU cluster)
+  p.coordinator_address = ""        # "host:port" of process 0; "" -> from the environment (TPU, SLURM, Open MPI)
+  p.num_processes = 0               # 0 -> from the environment
+  p.process_id = -1                 # -1 -> from the environment
   return c
 
 

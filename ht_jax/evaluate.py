@@ -4,12 +4,14 @@ The original protocol (HT_REFERENCE 10): per split, `eval.num_task_evals` tasks;
 fixed support set and `eval.num_eval_batches` query batches of `eval.batch_size`, BN statistics
 per query batch; task accuracy is the mean over its batches, the split's accuracy the mean over
 tasks, reported with a 95% confidence interval over tasks. Evaluation episodes depend only on
-`eval.seed`, so every checkpoint is measured on the same tasks.
+`eval.seed`, so every checkpoint is measured on the same tasks. Tasks are sharded over every device
+of every host like training episodes; the numbers do not depend on the device count.
 Writes DIR/eval/step_<N>.json, DIR/eval/latest.json and DIR/eval/accuracy.png.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import pathlib
 import time
@@ -22,6 +24,7 @@ from tqdm import tqdm
 
 import ht_data
 from ht_data import protocol
+from ht_jax import parallel
 from ht_jax.checkpoint import Checkpointer
 from ht_jax.train import initial_state
 
@@ -39,34 +42,66 @@ def make_task_predictions_fn(graphdef):
   return task_predictions
 
 
-def make_task_accuracy_fn(graphdef):
-  """[T] task accuracies, the mean over each task's query batches."""
-  predictions = make_task_predictions_fn(graphdef)
-  @jax.jit
+def make_task_accuracy_fn(graphdef, mesh=None):
+  """[T] task accuracies: the CNN is generated once per task, then classifies every query batch.
+  With a mesh, T is split over its devices."""
   def task_accuracy(params, support_images, support_labels, query_images, query_labels):
-    return jnp.mean(predictions(params, support_images, support_labels, query_images) == query_labels, axis=(1, 2))
-  return task_accuracy
+    model = nnx.merge(graphdef, params)
+    def one_task(sx, sy, qx, qy):            # qx: [num_batches, Q, H, W, C]
+      weights, _ = model.generate(sx, sy)
+      logits = jax.vmap(lambda x: model.classify(weights, x))(qx)
+      return jnp.mean(jnp.argmax(logits, -1) == qy)
+    return jax.vmap(one_task)(support_images, support_labels, query_images, query_labels)
+  return parallel.jit(task_accuracy, mesh, batch_argnums=(1, 2, 3, 4))
 
 
-def evaluate_split(task_accuracy, params, sampler, config, desc: str = "") -> dict:
-  def progress(chunks, total):
-    return tqdm(chunks, total=total, desc=desc, unit="call", leave=False)
-  return protocol.evaluate_split(lambda *arrays: task_accuracy(params, *arrays), sampler, config.eval,
-                                 chunk=max(1, int(config.eval.tasks_per_call)), progress=progress)
+def task_accuracies(task_accuracy, params, sampler, config, mesh=None, desc: str = "") -> np.ndarray:
+  """The accuracy of each of the `eval.num_task_evals` tasks, `tasks_per_call` (rounded up to a
+  multiple of the device count) per call; each process samples only its own devices' tasks."""
+  e = config.eval
+  tasks, devices = int(e.num_task_evals), 1 if mesh is None else mesh.size
+  chunk = -(-max(1, int(e.tasks_per_call)) // devices) * devices
+  rows = range(chunk) if mesh is None else parallel.local_rows(mesh, chunk)
+  def load(first):
+    idx = [min(first + r, tasks - 1) for r in rows]   # pad the last call: no recompilation
+    parts = [sampler.eval_task(int(e.seed), i, int(e.num_eval_batches)) for i in idx]
+    return {"support_images": np.stack([p[0].support_images[0] for p in parts]),
+            "support_labels": np.stack([p[0].support_labels[0] for p in parts]),
+            "query_images": np.stack([p[1] for p in parts]), "query_labels": np.stack([p[2] for p in parts])}
+  accuracies = []
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    futures = [pool.submit(load, first) for first in range(0, tasks, chunk)]
+    calls = tqdm(range(0, tasks, chunk), desc=desc, unit="call", leave=False, disable=jax.process_index() != 0)
+    for first, future in zip(calls, futures):
+      batch = future.result()
+      if mesh is not None:
+        batch = parallel.global_batch(mesh, batch, chunk)
+      acc = task_accuracy(params, batch["support_images"], batch["support_labels"], batch["query_images"],
+                          batch["query_labels"])
+      accuracies.extend(np.asarray(acc)[:min(chunk, tasks - first)].tolist())
+  return np.asarray(accuracies, np.float64)
+
+
+def evaluate_split(task_accuracy, params, sampler, config, mesh=None, desc: str = "") -> dict:
+  return protocol.summarise(task_accuracies(task_accuracy, params, sampler, config, mesh, desc))
 
 
 class Evaluator:
-  """Holds the model, the jitted protocol and the samplers; evaluates parameter sets."""
+  """Holds the model, the jitted protocol and the samplers; evaluates parameter sets on `mesh`
+  (default: every device of every process)."""
 
-  def __init__(self, config):
+  def __init__(self, config, mesh=None):
     self.config = config
-    self.graphdef, self.target = initial_state(config)
-    self.task_accuracy = make_task_accuracy_fn(self.graphdef)
+    self.mesh = parallel.data_mesh() if mesh is None else mesh
+    self.graphdef, target = initial_state(config)
+    arrays = parallel.replicate({"params": target["params"], "opt_state": target["opt_state"]}, self.mesh)
+    self.target = {**target, **arrays}   # restored checkpoints take this sharding
+    self.task_accuracy = make_task_accuracy_fn(self.graphdef, self.mesh)
     self.samplers = protocol.split_samplers(config, ht_data.load_dataset(config.data))
 
   def evaluate(self, params, step: int) -> dict:
     ways, shots = protocol.ways_and_shots(self.config.data)
-    splits = {name: evaluate_split(self.task_accuracy, params, sampler, self.config, desc=f"eval {name}")
+    splits = {name: evaluate_split(self.task_accuracy, params, sampler, self.config, self.mesh, f"eval {name}")
               for name, sampler in self.samplers.items()}
     return {"step": int(step), "ways": ways, "shots": shots, "splits": splits}
 
@@ -75,6 +110,8 @@ class Evaluator:
 
 
 def write_result(workdir: pathlib.Path, result: dict) -> None:
+  if jax.process_index() != 0:   # every process holds the same result; one writes it
+    return
   eval_dir = workdir / "eval"
   eval_dir.mkdir(parents=True, exist_ok=True)
   text = json.dumps(result, indent=2)
@@ -133,6 +170,7 @@ def format_table(result: dict) -> str:
 
 
 def evaluate_once(config, workdir, step: int | None = None) -> dict:
+  parallel.initialize(config.parallel)
   workdir = pathlib.Path(workdir)
   checkpointer = Checkpointer(workdir, async_save=False)
   step = checkpointer.latest_step() if step is None else step
@@ -147,6 +185,7 @@ def evaluate_once(config, workdir, step: int | None = None) -> dict:
 def watch(config, workdir, poll_seconds: float = 10.0, timeout_hours: float = 0.0) -> list[dict]:
   """Evaluates every new checkpoint until the one of the training's last step (like the
   original's evaluate_model.py); checkpoints deleted before their turn are skipped."""
+  parallel.initialize(config.parallel)
   workdir = pathlib.Path(workdir)
   evaluator, checkpointer = None, None
   results, done_steps = [], {r["step"] for r in load_history(workdir / "eval")}
@@ -164,7 +203,8 @@ def watch(config, workdir, poll_seconds: float = 10.0, timeout_hours: float = 0.
           raise
         continue   # deleted by keep-N while we were busy
       write_result(workdir, result)
-      print(format_table(result), flush=True)
+      if jax.process_index() == 0:
+        print(format_table(result), flush=True)
       results.append(result)
       done_steps.add(step)
     final = _final_step(workdir)
@@ -195,7 +235,9 @@ if __name__ == "__main__":
       if _WATCH.value:
         watch(cli.CONFIG.value, cli.WORKDIR.value)
       else:
-        print(format_table(evaluate_once(cli.CONFIG.value, cli.WORKDIR.value, _STEP.value)))
-        print(f"wrote {pathlib.Path(cli.WORKDIR.value) / 'eval' / 'latest.json'} and accuracy.png")
+        result = evaluate_once(cli.CONFIG.value, cli.WORKDIR.value, _STEP.value)
+        if jax.process_index() == 0:
+          print(format_table(result))
+          print(f"wrote {pathlib.Path(cli.WORKDIR.value) / 'eval' / 'latest.json'} and accuracy.png")
     cli.run(go)
   app.run(main)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -17,12 +18,14 @@ def episode_arrays(episode: Episode) -> dict[str, np.ndarray]:
 
 
 class Prefetcher:
-  """Yields (step, batch) for steps start..end-1, each batch holding episode indices
-  [offset, offset + batch_size) of that step (offset: this host's slice of a global batch)."""
+  """Yields (step, batch) for steps start..end-1, each batch holding the episodes `indices` of
+  that step (this host's rows of the global batch, see parallel.local_rows), passed through
+  `put` (e.g. onto the devices) in the worker thread, so the transfer overlaps the running step."""
 
-  def __init__(self, sampler: EpisodeSampler, seed: int, start: int, end: int, batch_size: int,
-               offset: int = 0, ahead: int = 4, workers: int = 2):
-    self._sampler, self._seed, self._indices = sampler, seed, range(offset, offset + batch_size)
+  def __init__(self, sampler: EpisodeSampler, seed: int, start: int, end: int, indices: Sequence[int],
+               put: Callable[[dict], dict] | None = None, ahead: int = 4, workers: int = 2):
+    self._sampler, self._seed, self._indices = sampler, seed, [int(i) for i in indices]
+    self._put = put or (lambda batch: batch)
     self._steps = iter(range(start, end))
     self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="episodes")
     self._queue: collections.deque = collections.deque()
@@ -32,17 +35,20 @@ class Prefetcher:
   def _submit(self) -> None:
     step = next(self._steps, None)
     if step is not None:
-      self._queue.append((step, self._pool.submit(self._sampler.batch, self._seed, step, self._indices)))
+      self._queue.append((step, self._pool.submit(self._load, step)))
+
+  def _load(self, step: int):
+    return self._put(episode_arrays(self._sampler.batch(self._seed, step, self._indices)))
 
   def __iter__(self):
     return self
 
-  def __next__(self) -> tuple[int, dict[str, np.ndarray]]:
+  def __next__(self) -> tuple[int, dict]:
     if not self._queue:
       raise StopIteration
     step, future = self._queue.popleft()
     self._submit()
-    return step, episode_arrays(future.result())
+    return step, future.result()
 
   def close(self) -> None:
     for _, future in self._queue:

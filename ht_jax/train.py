@@ -1,13 +1,13 @@
 """Training: `python -m ht_jax.train --config=configs/X.py --workdir=DIR [--config.a.b=v ...]`.
 
 One jitted step over `nnx.split` parameters, vmapped over `train.episodes_per_step` episodes,
-with donated buffers. The workdir is the run's identity: a run started in a workdir that has
+with donated buffers; the episodes are sharded over every device of every host
+(ht_jax/parallel.py). The workdir is the run's identity: a run started in a workdir that has
 checkpoints resumes from the latest one and continues exactly as if it had never stopped.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import pathlib
 import signal
@@ -22,6 +22,7 @@ from flax import nnx
 from tqdm import tqdm
 
 import ht_data
+from ht_jax import parallel
 from ht_jax.checkpoint import Checkpointer
 from ht_jax.input_pipeline import Prefetcher, episode_arrays
 from ht_jax.metrics import MetricWriter
@@ -53,8 +54,8 @@ def initial_state(config) -> tuple[nnx.GraphDef, dict]:
   return graphdef, {"params": params, "opt_state": make_optimizer(config.train).init(params), "step": 0}
 
 
-def make_train_step(graphdef, config, tx):
-  """(params, opt_state, batch, key) -> (params, opt_state, metrics); batch arrays are [B, ...]."""
+def make_loss_fn(graphdef, config):
+  """(params, batch, key) -> (mean loss over the batch's episodes, mean metrics)."""
   model_cfg = config.model
   random = uses_randomness(model_cfg)
 
@@ -67,7 +68,14 @@ def make_train_step(graphdef, config, tx):
                                     batch["query_images"], batch["query_labels"], keys)
     return losses.mean(), jax.tree_util.tree_map(jnp.mean, metrics)
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  return loss_fn
+
+
+def make_train_step(graphdef, config, tx, mesh=None):
+  """(params, opt_state, batch, key) -> (params, opt_state, metrics); batch arrays are [B, ...].
+  With a mesh, B is split over its devices and everything else is replicated."""
+  loss_fn = make_loss_fn(graphdef, config)
+
   def train_step(params, opt_state, batch, key):
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -75,19 +83,18 @@ def make_train_step(graphdef, config, tx):
     metrics["update_norm"] = optax.tree.norm(updates)   # the host stops before saving a NaN
     return params, opt_state, metrics
 
-  return train_step
+  return parallel.jit(train_step, mesh, batch_argnums=(2,), donate_argnums=(0, 1))
 
 
-def make_accuracy_fn(graphdef):
+def make_accuracy_fn(graphdef, mesh=None):
   """Mean query accuracy of a batch of episodes, no training-time randomness."""
-  @jax.jit
   def accuracy(params, batch):
     model = nnx.merge(graphdef, params)
     def one(sx, sy, qx, qy):
       return jnp.mean(jnp.argmax(model(sx, sy, qx), -1) == qy)
     return jax.vmap(one)(batch["support_images"], batch["support_labels"],
                          batch["query_images"], batch["query_labels"]).mean()
-  return accuracy
+  return parallel.jit(accuracy, mesh, batch_argnums=(1,))
 
 
 class _StopRequest:
@@ -113,7 +120,14 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   t = config.train
+
+  # --- Processes and devices: one `data` axis over all of them ---------------------------------
+  parallel.initialize(config.parallel)   # before anything else touches JAX
   process = jax.process_index()
+  mesh = parallel.data_mesh()
+  batch_size = int(t.episodes_per_step)   # global: every process samples only its own rows
+  parallel.check_divisible(batch_size, mesh, "train.episodes_per_step")
+  rows = parallel.local_rows(mesh, batch_size)
 
   # --- Data ------------------------------------------------------------------------------------
   dataset = ht_data.load_dataset(config.data)
@@ -126,22 +140,23 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
   graphdef, params = create_model(config)
   tx = make_optimizer(t)
   opt_state = tx.init(params)
+  params, opt_state = parallel.replicate((params, opt_state), mesh)   # restore keeps this sharding
   checkpointer = Checkpointer(workdir, keep=int(t.keep_checkpoints))
   start = 0
   latest = checkpointer.latest_step()
   if latest is not None:
     restored = checkpointer.restore(latest, {"params": params, "opt_state": opt_state, "step": 0})
     params, opt_state, start = restored["params"], restored["opt_state"], int(restored["step"])
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-
-  writer = MetricWriter(workdir, enabled=process == 0)
-  _drop_rows_after(writer.path, start)
-  train_step = make_train_step(graphdef, config, tx)
-  accuracy_fn = make_accuracy_fn(graphdef)
+  writer = MetricWriter(workdir, enabled=process == 0)   # metrics and progress: process 0 only
+  if process == 0:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    _drop_rows_after(writer.path, start)
+  train_step = make_train_step(graphdef, config, tx, mesh)
+  accuracy_fn = make_accuracy_fn(graphdef, mesh)
   schedule = learning_rate_schedule(t)
   base_key = jax.random.key(int(t.seed))
-  batch_size = int(t.episodes_per_step)
   steps = int(t.steps)
+  agree = parallel.StopAgreement(mesh)
 
   last, window, unchecked = {}, [], []
 
@@ -160,7 +175,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     checkpointer.save(step, {"params": params, "opt_state": opt_state, "step": step})
 
   started = time.perf_counter()
-  prefetcher = Prefetcher(train_sampler, int(t.seed), start, steps, batch_size)
+  prefetcher = Prefetcher(train_sampler, int(t.seed), start, steps, rows,
+                          put=lambda local: parallel.global_batch(mesh, local, batch_size))
   bar = tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True, disable=process != 0,
              file=sys.stdout, mininterval=1.0)
   try:
@@ -178,7 +194,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
           check_finite()
           host = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
           window = []
-          monitor = episode_arrays(monitor_sampler.batch(int(t.seed) + 1, done, range(batch_size)))
+          monitor = parallel.global_batch(
+              mesh, episode_arrays(monitor_sampler.batch(int(t.seed) + 1, done, rows)), batch_size)
           host["test_accuracy"] = float(accuracy_fn(params, monitor))
           host["learning_rate"] = float(schedule(step))
           rate = bar.format_dict["rate"]
@@ -187,12 +204,15 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
           last = {"step": done, **host}
           bar.set_postfix(loss=f"{host['loss']:.3f}", acc=f"{host['accuracy']:.3f}",
                           test_acc=f"{host['test_accuracy']:.3f}", refresh=False)
-        out_of_time = t.max_train_minutes and time.perf_counter() - started > 60 * t.max_train_minutes
-        if done % t.checkpoint_every == 0 or done == steps or stop.signal or out_of_time:
+        out_of_time = bool(t.max_train_minutes) and time.perf_counter() - started > 60 * t.max_train_minutes
+        stopping = agree(bool(stop.signal) or out_of_time)   # every process stops after the same step
+        if done % t.checkpoint_every == 0 or done == steps or stopping:
           save(done)
-        if stop.signal or out_of_time:
-          reason = stop.signal or f"train.max_train_minutes={t.max_train_minutes}"
-          print(f"\nStopped at step {done} ({reason}); checkpoint saved in {checkpointer.directory}.")
+        if stopping:
+          reason = stop.signal or (f"train.max_train_minutes={t.max_train_minutes}" if out_of_time
+                                   else "another process was stopped")
+          if process == 0:
+            print(f"\nStopped at step {done} ({reason}); checkpoint saved in {checkpointer.directory}.")
           break
   finally:
     bar.close()

@@ -1,0 +1,129 @@
+"""Data parallelism over every device of every host, with JAX's own multi-controller runtime.
+
+One mesh axis, `data`, spans all devices of all hosts. Episode batches are sharded over it;
+parameters and optimiser state are replicated (a few MB; the README's "Scaling out" says when
+sharding them would pay). Every host runs the same program and samples only the episodes its own
+devices hold, from the pure sampler, so a global batch is the same whatever the number of hosts
+and devices, and the per-episode `vmap` and the mean over episodes are those of one device.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ht_jax.model.plan import ConfigError
+
+DATA = "data"
+
+
+def wants_distributed(parallel_cfg) -> bool:
+  p = parallel_cfg
+  return bool(p.distributed or p.coordinator_address or p.num_processes > 0 or p.process_id >= 0)
+
+
+def initialize(parallel_cfg) -> None:
+  """Joins the other processes (`jax.distributed.initialize`) when the config asks for it.
+
+  Must run before any JAX computation. Unset values (address "", count 0, id -1) are left to
+  JAX, which reads them from the environment on Cloud TPU, SLURM and Open MPI.
+  """
+  if not wants_distributed(parallel_cfg) or jax.distributed.is_initialized():
+    return
+  p = parallel_cfg
+  try:
+    jax.distributed.initialize(coordinator_address=p.coordinator_address or None,
+                               num_processes=p.num_processes if p.num_processes > 0 else None,
+                               process_id=p.process_id if p.process_id >= 0 else None)
+  except (ValueError, RuntimeError) as e:   # one sentence instead of the runtime's traceback
+    reason = str(e).strip().splitlines()[0].rstrip(".")
+    raise ConfigError(
+        f"jax.distributed.initialize() failed ({reason}); outside a TPU pod, "
+        f"SLURM or Open MPI job set --config.parallel.coordinator_address=HOST:PORT (process 0), "
+        f"num_processes and process_id on every process, before anything else uses JAX.") from None
+
+
+def data_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over `devices` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else list(devices)
+  # Auto axes: plain jit with in/out shardings, the partitioner inserts the gradient all-reduce.
+  return jax.make_mesh((len(devices),), (DATA,), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (episode or task) axis split over `data`."""
+  return NamedSharding(mesh, P(DATA))
+
+
+def check_divisible(global_batch: int, mesh: Mesh, key: str) -> None:
+  if global_batch % mesh.size:
+    raise ConfigError(
+        f"{key}={global_batch} is the global batch and must be a multiple of the device count "
+        f"({mesh.size} over {jax.process_count()} process{'es' if jax.process_count() > 1 else ''}); "
+        f"set --config.{key} to a multiple of {mesh.size}.")
+
+
+def local_rows(mesh: Mesh, global_batch: int) -> np.ndarray:
+  """The global batch rows (episode indices) held by this process's devices, ascending: host h
+  of H takes h * B/H ... (h + 1) * B/H - 1 when the mesh lists devices host by host."""
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((global_batch,))
+  rows = {r for index in index_map.values() for r in range(*index[0].indices(global_batch))}
+  return np.asarray(sorted(rows), np.int64)
+
+
+def global_batch(mesh: Mesh, local: dict[str, np.ndarray], size: int) -> dict[str, jax.Array]:
+  """One global array per field from this process's rows (in `local_rows` order)."""
+  sharding = batch_sharding(mesh)
+  if jax.process_count() == 1:   # the rows are the whole batch; device_put is the cheaper call
+    return jax.device_put(local, sharding)
+  return {k: jax.make_array_from_process_local_data(sharding, v, (size,) + v.shape[1:])
+          for k, v in local.items()}
+
+
+def replicate(tree, mesh: Mesh):
+  """Places identical per-process arrays (same seed, same init) on every device of the mesh."""
+  return jax.device_put(tree, replicated(mesh))
+
+
+def jit(fn, mesh: Mesh | None, batch_argnums: tuple[int, ...], donate_argnums: tuple[int, ...] = ()):
+  """`jax.jit(fn)`, or with a mesh: arguments in `batch_argnums` sharded over `data`, the others
+  and every output replicated (the partitioner turns the mean over episodes into an all-reduce)."""
+  if mesh is None:
+    return jax.jit(fn, donate_argnums=donate_argnums)
+  num_args = len(inspect.signature(fn).parameters)
+  in_shardings = tuple(batch_sharding(mesh) if i in batch_argnums else replicated(mesh)
+                       for i in range(num_args))
+  return jax.jit(fn, in_shardings=in_shardings, out_shardings=replicated(mesh),
+                 donate_argnums=donate_argnums)
+
+
+class StopAgreement:
+  """Whether any process asked to stop (SIGTERM, time budget), agreed by all processes.
+
+  One process alone cannot stop: the others would wait for it in the next all-reduce. Each step
+  the local flags go into a tiny sharded `any`, read one step later so the device queue never
+  runs dry; every process then stops after the same step. With one process the flag is read
+  directly, as before.
+  """
+
+  def __init__(self, mesh: Mesh):
+    self._mesh = mesh
+    self._multi = jax.process_count() > 1
+    self._pending = None
+    self._any = jax.jit(jnp.any, out_shardings=replicated(mesh))
+
+  def __call__(self, local_stop: bool) -> bool:
+    if not self._multi:
+      return local_stop
+    flags = global_batch(self._mesh, {"f": np.full(len(self._mesh.local_devices), local_stop)}, self._mesh.size)
+    previous, self._pending = self._pending, self._any(flags["f"])
+    return previous is not None and bool(previous)
