@@ -211,8 +211,10 @@ if __name__ == "__main__":
 
   def main(argv):
     import sys
-    from ht_jax import cli
     from absl import logging
+    from ht_data import DataError
+    from ht_jax.checkpoint import CheckpointMismatchError
+    from ht_jax.model.plan import ConfigError
     logging.set_verbosity(logging.WARNING)
     try:
       if _FROM_JAX.value and _OUT.value:
@@ -224,6 +226,6 @@ if __name__ == "__main__":
       else:
         sys.exit("error: pass --from-jax WORKDIR --out FILE.safetensors, or --from-torch FILE.safetensors "
                  "--config=configs/X.py --workdir OUTDIR.")
-    except (ConversionError, *cli.user_errors()) as e:
+    except (ConversionError, DataError, ConfigError, CheckpointMismatchError) as e:
       sys.exit(f"error: {e}")
   app.run(main)

@@ -54,20 +54,18 @@ def evaluate(config, weights_path) -> dict:
 
 if __name__ == "__main__":
   from absl import app, flags
-  from ml_collections import config_flags
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file the weights were made with.")
+  from ht_jax import cli   # defines --config
   _WEIGHTS = flags.DEFINE_string("weights", None, "A .safetensors file (ht_torch.convert or ht_torch.train).")
   _OUT = flags.DEFINE_string("out", None, "Where to write the results JSON.")
 
   def main(argv):
     import sys
-    from ht_jax import cli
     from ht_jax.evaluate import format_table
     from ht_torch.convert import ConversionError
-    if _CONFIG.value is None or not _WEIGHTS.value or not _OUT.value:
+    if cli.CONFIG.value is None or not _WEIGHTS.value or not _OUT.value:
       sys.exit("error: pass --config=configs/X.py --weights=FILE.safetensors --out=results.json.")
     try:
-      result = evaluate(_CONFIG.value, _WEIGHTS.value)
+      result = evaluate(cli.CONFIG.value, _WEIGHTS.value)
     except (ConversionError, *cli.user_errors()) as e:
       sys.exit(f"error: {e}")
     out = pathlib.Path(_OUT.value)

@@ -39,7 +39,8 @@ def trained_config():
 
 
 def cli(module, *args):
-  flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+  with_config = any(a.startswith("--config=") for a in args)
+  flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()] if with_config else []
   result = subprocess.run([sys.executable, "-m", module, *args, *flags], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
   return result
@@ -73,7 +74,7 @@ def test_trained_model_classifies_the_same_queries_in_both_frameworks(trained):
     total += j.size
     jax_correct += int((j == qy[:real]).sum())
     torch_correct += int((t == qy[:real]).sum())
-  assert total == 20 * 4 * 25
+  assert total == 20 * 4 * int(config.eval.batch_size)
   assert jax_correct / total > 0.35          # trained well above chance (20%): the check is not vacuous
   assert agree / total >= 0.999, f"{total - agree} of {total} predictions differ"
   assert abs(jax_correct - torch_correct) / total <= 0.001

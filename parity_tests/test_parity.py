@@ -2,15 +2,16 @@
 optimiser steps, for every configuration the project ships, with parameters initialised in either
 framework; JAX -> torch -> JAX is exact. What is measured and why each tolerance: measure.py.
 
-CI compares every configuration in float32 (the training precision) and four of them in float64
-too, where DESIGN.md's tolerances hold; `python -m parity_tests.report` runs float64 for all.
+CI compares every configuration in float32 (the training precision) and one in float64 too, where
+DESIGN.md's tolerances hold, to stay within its time budget (each configuration costs a compile per
+precision); `python -m parity_tests.report` runs float64 and torch initialisation for all of them.
 """
 
 import pytest
 
 from parity_tests.measure import CONFIGS, TORCH_INITIALISED, measure
 
-FLOAT64_IN_CI = ["omniglot_1shot_v1", "miniimagenet_1shot_v1", "bias-and-bn", "spatial"]
+FLOAT64_IN_CI = ["omniglot_1shot_v1"]
 
 
 def assert_all_within_tolerance(rows):
@@ -30,7 +31,7 @@ def test_jax_initialised_converted_to_torch(name):
   assert_all_within_tolerance(rows)
 
 
-@pytest.mark.parametrize("name", TORCH_INITIALISED)
+@pytest.mark.parametrize("name", TORCH_INITIALISED[:1])
 def test_torch_initialised_converted_to_jax(name):
   rows = measure(name, "torch")
   assert {r["quantity"] for r in rows} >= {"query logits (float32)", "gradients (float64)", "Adam step (float64)"}
