@@ -12,16 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-import ht_data
 from configs import quickstart
-from ht_data import protocol
 from ht_jax.checkpoint import Checkpointer
-from ht_jax.evaluate import evaluate_once, make_task_predictions_fn
+from ht_jax.evaluate import evaluate_once
 from ht_jax.train import initial_state, train_and_evaluate
-from ht_torch import evaluate as torch_evaluate
 from ht_torch.convert import (ConversionError, check_same_model, jax_to_torch, load_into_torch, load_safetensors,
                               save_safetensors, torch_to_jax)
 from ht_torch.model.hypertransformer import HyperTransformer as TorchHyperTransformer
+from parity_tests.agreement import prediction_agreement
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # quickstart's 5-way 1-shot model with every layer generated, small enough to train in a test.
@@ -59,25 +57,12 @@ def trained(tmp_path_factory):
 
 
 def test_trained_model_classifies_the_same_queries_in_both_frameworks(trained):
-  config, workdir, weights = trained
-  params = Checkpointer(workdir, async_save=False).restore(150, initial_state(config)[1])["params"]
-  graphdef = initial_state(config)[0]
-  jax_predict = make_task_predictions_fn(graphdef)
-  torch_model, step = torch_evaluate.load_model(config, weights)
-  assert step == 150
-  sampler = protocol.split_samplers(config, ht_data.load_dataset(config.data))["test"]
-  agree, total, jax_correct, torch_correct = 0, 0, 0, 0
-  for real, (sx, sy, qx, qy) in protocol.task_chunks(sampler, config.eval, chunk=5):
-    j = np.asarray(jax_predict(params, sx, sy, qx))[:real]
-    t = torch_evaluate.task_predictions(torch_model, sx[:real], sy[:real], qx[:real])
-    agree += int((j == t).sum())
-    total += j.size
-    jax_correct += int((j == qy[:real]).sum())
-    torch_correct += int((t == qy[:real]).sum())
-  assert total == 20 * 4 * int(config.eval.batch_size)
-  assert jax_correct / total > 0.35          # trained well above chance (20%): the check is not vacuous
-  assert agree / total >= 0.999, f"{total - agree} of {total} predictions differ"
-  assert abs(jax_correct - torch_correct) / total <= 0.001
+  config, workdir, _ = trained
+  result = prediction_agreement(config, workdir)
+  assert result["step"] == 150 and result["queries"] == 20 * 4 * int(config.eval.batch_size)
+  assert result["jax_accuracy"] > 0.35        # trained well above chance (20%): the check is not vacuous
+  assert result["same_prediction"] >= 0.999, result
+  assert abs(result["jax_accuracy"] - result["torch_accuracy"]) <= 0.001, result
 
 
 def test_torch_evaluate_cli_matches_jax_evaluation(trained, tmp_path):
