@@ -32,15 +32,18 @@ def split_samplers(config, dataset) -> dict[str, EpisodeSampler]:
   return samplers
 
 
-def task_chunks(sampler: EpisodeSampler, eval_cfg, chunk: int) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
-  """Yields (number of real tasks, (support images [chunk, S, ...], support labels [chunk, S],
-  query images [chunk, batches, Q, ...], query labels [chunk, batches, Q])) for every task, two
-  chunks sampled ahead in threads. The last chunk is padded with repeats of the last task so that
-  every call has one shape (no recompilation)."""
+def task_chunks(sampler: EpisodeSampler, eval_cfg, chunk: int, rows=None
+                ) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
+  """Yields (number of real tasks, (support images [R, S, ...], support labels [R, S],
+  query images [R, batches, Q, ...], query labels [R, batches, Q])) for every `chunk` tasks, two
+  chunks sampled ahead in threads. `rows` (default: all `chunk`) picks the rows of each chunk this
+  process loads (its devices' share). The last chunk is padded with repeats of the last task so
+  that every call has one shape (no recompilation)."""
   tasks, batches, seed = int(eval_cfg.num_task_evals), int(eval_cfg.num_eval_batches), int(eval_cfg.seed)
+  rows = range(chunk) if rows is None else rows
 
   def load(first):
-    parts = [sampler.eval_task(seed, min(first + i, tasks - 1), batches) for i in range(chunk)]
+    parts = [sampler.eval_task(seed, min(first + r, tasks - 1), batches) for r in rows]
     return (np.stack([p[0].support_images[0] for p in parts]), np.stack([p[0].support_labels[0] for p in parts]),
             np.stack([p[1] for p in parts]), np.stack([p[2] for p in parts]))
 

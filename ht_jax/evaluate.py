@@ -11,7 +11,6 @@ Writes DIR/eval/step_<N>.json, DIR/eval/latest.json and DIR/eval/accuracy.png.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import pathlib
 import time
@@ -61,24 +60,16 @@ def task_accuracies(task_accuracy, params, sampler, config, mesh=None, desc: str
   e = config.eval
   tasks, devices = int(e.num_task_evals), 1 if mesh is None else mesh.size
   chunk = -(-max(1, int(e.tasks_per_call)) // devices) * devices
-  rows = range(chunk) if mesh is None else parallel.local_rows(mesh, chunk)
-  def load(first):
-    idx = [min(first + r, tasks - 1) for r in rows]   # pad the last call: no recompilation
-    parts = [sampler.eval_task(int(e.seed), i, int(e.num_eval_batches)) for i in idx]
-    return {"support_images": np.stack([p[0].support_images[0] for p in parts]),
-            "support_labels": np.stack([p[0].support_labels[0] for p in parts]),
-            "query_images": np.stack([p[1] for p in parts]), "query_labels": np.stack([p[2] for p in parts])}
+  rows = None if mesh is None else parallel.local_rows(mesh, chunk)
+  names = ("support_images", "support_labels", "query_images", "query_labels")
+  chunks = protocol.task_chunks(sampler, e, chunk, rows)
   accuracies = []
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    futures = [pool.submit(load, first) for first in range(0, tasks, chunk)]
-    calls = tqdm(range(0, tasks, chunk), desc=desc, unit="call", leave=False, disable=jax.process_index() != 0)
-    for first, future in zip(calls, futures):
-      batch = future.result()
-      if mesh is not None:
-        batch = parallel.global_batch(mesh, batch, chunk)
-      acc = task_accuracy(params, batch["support_images"], batch["support_labels"], batch["query_images"],
-                          batch["query_labels"])
-      accuracies.extend(np.asarray(acc)[:min(chunk, tasks - first)].tolist())
+  for real, arrays in tqdm(chunks, total=-(-tasks // chunk), desc=desc, unit="call", leave=False,
+                           disable=jax.process_index() != 0):
+    batch = dict(zip(names, arrays))
+    if mesh is not None:
+      batch = parallel.global_batch(mesh, batch, chunk)
+    accuracies.extend(np.asarray(task_accuracy(params, *(batch[n] for n in names)))[:real].tolist())
   return np.asarray(accuracies, np.float64)
 
 
