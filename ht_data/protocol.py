@@ -5,12 +5,16 @@ Per split, `eval.num_task_evals` tasks; each task has one fixed support set and
 `eval.num_eval_batches` query batches of `eval.batch_size`. A task's accuracy is the mean over its
 batches; a split's, the mean over tasks with a 95% confidence interval over tasks. Tasks depend
 only on `eval.seed`.
+
+Semi-supervised configs (`data.unlabeled_samples_per_class` > 0) are measured twice on the same
+tasks: with the whole support set, and with its unlabelled samples removed (`labelled_only`), so
+that the gain from unlabelled samples is a paired difference per task.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -54,14 +58,50 @@ def task_chunks(sampler: EpisodeSampler, eval_cfg, chunk: int, rows=None
       yield min(chunk, tasks - first), future.result()
 
 
-def evaluate_split(task_accuracies: Callable[..., np.ndarray], sampler: EpisodeSampler, eval_cfg,
+def labelled_only(support_images: np.ndarray, support_labels: np.ndarray, ways: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Removes the unlabelled samples (label `ways`) from support arrays [R, S, ...]; every row keeps
+  its labelled samples in order. Rows hold equally many (balanced episodes), so the result stacks."""
+  keep = support_labels != ways
+  counts = keep.sum(axis=1)
+  if len(set(counts.tolist())) > 1:
+    raise DataError(f"support rows hold different numbers of labelled samples ({sorted(set(counts.tolist()))}); "
+                    "unlabelled samples need balanced_batches=True")
+  order = np.argsort(~keep, axis=1, kind="stable")[:, :int(counts[0])]   # labelled first, in order
+  images = np.take_along_axis(support_images, order.reshape(order.shape + (1,) * (support_images.ndim - 2)), axis=1)
+  return images, np.take_along_axis(support_labels, order, axis=1)
+
+
+def support_variants(data_cfg, arrays: tuple[np.ndarray, ...]) -> dict[str, tuple[np.ndarray, ...]]:
+  """{"": the task as sampled} plus, for semi-supervised configs, {"labelled_only": the same task
+  without its unlabelled support samples}."""
+  variants = {"": arrays}
+  if int(data_cfg.unlabeled_samples_per_class):
+    sx, sy, qx, qy = arrays
+    variants["labelled_only"] = (*labelled_only(sx, sy, int(data_cfg.num_labels)), qx, qy)
+  return variants
+
+
+def evaluate_split(task_accuracies: Callable[..., np.ndarray], sampler: EpisodeSampler, config,
                    chunk: int = 1, progress: Callable = lambda it, total: it) -> dict:
   """`task_accuracies(support_images, support_labels, query_images, query_labels)` -> [chunk]."""
-  tasks = int(eval_cfg.num_task_evals)
-  accuracies = []
-  for real, arrays in progress(task_chunks(sampler, eval_cfg, chunk), -(-tasks // chunk)):
-    accuracies.extend(np.asarray(task_accuracies(*arrays))[:real].tolist())
-  return summarise(accuracies)
+  tasks = int(config.eval.num_task_evals)
+  accuracies: dict[str, list] = {}
+  for real, arrays in progress(task_chunks(sampler, config.eval, chunk), -(-tasks // chunk)):
+    for name, variant in support_variants(config.data, arrays).items():
+      accuracies.setdefault(name, []).extend(np.asarray(task_accuracies(*variant))[:real].tolist())
+  return split_result(accuracies)
+
+
+def split_result(accuracies: dict[str, Sequence[float]]) -> dict:
+  """{"accuracy", "ci95", "tasks"} of the task as sampled; for semi-supervised configs also
+  "labelled_only" (the same summary without the unlabelled samples) and "unlabelled_gain" (the
+  paired per-task difference, with its own 95% interval)."""
+  result = summarise(accuracies[""])
+  if "labelled_only" in accuracies:
+    result["labelled_only"] = summarise(accuracies["labelled_only"])
+    result["unlabelled_gain"] = summarise(np.asarray(accuracies[""]) - np.asarray(accuracies["labelled_only"]))
+  return result
 
 
 def summarise(accuracies) -> dict:
@@ -70,6 +110,8 @@ def summarise(accuracies) -> dict:
   return {"accuracy": float(acc.mean()), "ci95": float(ci95), "tasks": int(len(acc))}
 
 
-def ways_and_shots(data_cfg) -> tuple[int, int]:
-  ways = int(data_cfg.num_labels)
-  return ways, int(data_cfg.samples_transformer) // ways - int(data_cfg.unlabeled_samples_per_class)
+def task_description(data_cfg) -> dict:
+  """{"ways", "shots" (labelled per class), "unlabelled_per_class"} of the evaluated tasks."""
+  ways, unlabelled = int(data_cfg.num_labels), int(data_cfg.unlabeled_samples_per_class)
+  return {"ways": ways, "shots": int(data_cfg.samples_transformer) // ways - unlabelled,
+          "unlabelled_per_class": unlabelled}

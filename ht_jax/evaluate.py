@@ -54,27 +54,30 @@ def make_task_accuracy_fn(graphdef, mesh=None):
   return parallel.jit(task_accuracy, mesh, batch_argnums=(1, 2, 3, 4))
 
 
-def task_accuracies(task_accuracy, params, sampler, config, mesh=None, desc: str = "") -> np.ndarray:
+def task_accuracies(task_accuracy, params, sampler, config, mesh=None, desc: str = "") -> dict[str, np.ndarray]:
   """The accuracy of each of the `eval.num_task_evals` tasks, `tasks_per_call` (rounded up to a
-  multiple of the device count) per call; each process samples only its own devices' tasks."""
+  multiple of the device count) per call; each process samples only its own devices' tasks.
+  Keyed by support variant (protocol.support_variants): "" and, if semi-supervised, "labelled_only"."""
   e = config.eval
   tasks, devices = int(e.num_task_evals), 1 if mesh is None else mesh.size
   chunk = -(-max(1, int(e.tasks_per_call)) // devices) * devices
   rows = None if mesh is None else parallel.local_rows(mesh, chunk)
   names = ("support_images", "support_labels", "query_images", "query_labels")
   chunks = protocol.task_chunks(sampler, e, chunk, rows)
-  accuracies = []
+  accuracies: dict[str, list] = {}
   for real, arrays in tqdm(chunks, total=-(-tasks // chunk), desc=desc, unit="call", leave=False,
                            disable=jax.process_index() != 0):
-    batch = dict(zip(names, arrays))
-    if mesh is not None:
-      batch = parallel.global_batch(mesh, batch, chunk)
-    accuracies.extend(np.asarray(task_accuracy(params, *(batch[n] for n in names)))[:real].tolist())
-  return np.asarray(accuracies, np.float64)
+    for variant, variant_arrays in protocol.support_variants(config.data, arrays).items():
+      batch = dict(zip(names, variant_arrays))
+      if mesh is not None:
+        batch = parallel.global_batch(mesh, batch, chunk)
+      accuracies.setdefault(variant, []).extend(
+          np.asarray(task_accuracy(params, *(batch[n] for n in names)))[:real].tolist())
+  return {variant: np.asarray(a, np.float64) for variant, a in accuracies.items()}
 
 
 def evaluate_split(task_accuracy, params, sampler, config, mesh=None, desc: str = "") -> dict:
-  return protocol.summarise(task_accuracies(task_accuracy, params, sampler, config, mesh, desc))
+  return protocol.split_result(task_accuracies(task_accuracy, params, sampler, config, mesh, desc))
 
 
 class Evaluator:
@@ -91,10 +94,9 @@ class Evaluator:
     self.samplers = protocol.split_samplers(config, ht_data.load_dataset(config.data))
 
   def evaluate(self, params, step: int) -> dict:
-    ways, shots = protocol.ways_and_shots(self.config.data)
     splits = {name: evaluate_split(self.task_accuracy, params, sampler, self.config, self.mesh, f"eval {name}")
               for name, sampler in self.samplers.items()}
-    return {"step": int(step), "ways": ways, "shots": shots, "splits": splits}
+    return {"step": int(step), **protocol.task_description(self.config.data), "splits": splits}
 
   def evaluate_checkpoint(self, checkpointer: Checkpointer, step: int) -> dict:
     return self.evaluate(checkpointer.restore(step, self.target)["params"], step)
@@ -153,10 +155,23 @@ def plot_history(eval_dir: pathlib.Path) -> pathlib.Path:
 
 
 def format_table(result: dict) -> str:
-  lines = [f"{result['ways']}-way {result['shots']}-shot, step {result['step']}",
-           "| split | accuracy (%) | 95% CI | tasks |", "|---|---|---|---|"]
+  """Markdown table of a result; semi-supervised results add the labelled-only accuracy of the same
+  tasks and the paired gain from the unlabelled samples."""
+  semi = any("labelled_only" in s for s in result["splits"].values())
+  unlabelled = f" + {result['unlabelled_per_class']} unlabelled" if result.get("unlabelled_per_class") else ""
+  lines = [f"{result['ways']}-way {result['shots']}-shot{unlabelled}, step {result['step']}"]
+  if semi:
+    lines += ["| split | accuracy (%) | 95% CI | without unlabelled (%) | 95% CI | gain (points) | 95% CI | tasks |",
+              "|---|---|---|---|---|---|---|---|"]
+  else:
+    lines += ["| split | accuracy (%) | 95% CI | tasks |", "|---|---|---|---|"]
   for name, s in result["splits"].items():
-    lines.append(f"| {name} | {100 * s['accuracy']:.2f} | +- {100 * s['ci95']:.2f} | {s['tasks']} |")
+    cells = [name, f"{100 * s['accuracy']:.2f}", f"+- {100 * s['ci95']:.2f}"]
+    if semi:
+      lo, gain = s["labelled_only"], s["unlabelled_gain"]
+      cells += [f"{100 * lo['accuracy']:.2f}", f"+- {100 * lo['ci95']:.2f}",
+                f"{100 * gain['accuracy']:+.2f}", f"+- {100 * gain['ci95']:.2f}"]
+    lines.append("| " + " | ".join(cells + [str(s["tasks"])]) + " |")
   return "\n".join(lines)
 
 

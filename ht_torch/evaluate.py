@@ -1,7 +1,8 @@
 """Evaluation in torch: `python -m ht_torch.evaluate --config=configs/X.py --weights=model.safetensors --out=results.json`.
 
 The same protocol on the same tasks as ht_jax.evaluate (ht_data.protocol, same seeds), writing the
-same JSON: {"step", "ways", "shots", "splits": {name: {"accuracy", "ci95", "tasks"}}}.
+same JSON: {"step", "ways", "shots", "unlabelled_per_class", "splits": {name: {"accuracy", "ci95",
+"tasks"}}}, semi-supervised splits with "labelled_only" and "unlabelled_gain" too.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ def load_model(config, weights_path) -> tuple[HyperTransformer, int]:
 def evaluate(config, weights_path) -> dict:
   model, step = load_model(config, weights_path)
   samplers = protocol.split_samplers(config, ht_data.load_dataset(config.data))
-  ways, shots = protocol.ways_and_shots(config.data)
 
   def task_accuracies(sx, sy, qx, qy):
     return (task_predictions(model, sx, sy, qx) == qy).mean(axis=(1, 2))
@@ -48,8 +48,8 @@ def evaluate(config, weights_path) -> dict:
   splits = {}
   for name, sampler in samplers.items():
     progress = lambda chunks, total, name=name: tqdm(chunks, total=total, desc=f"eval {name}", unit="task", leave=False)
-    splits[name] = protocol.evaluate_split(task_accuracies, sampler, config.eval, chunk=1, progress=progress)
-  return {"step": step, "ways": ways, "shots": shots, "splits": splits}
+    splits[name] = protocol.evaluate_split(task_accuracies, sampler, config, chunk=1, progress=progress)
+  return {"step": step, **protocol.task_description(config.data), "splits": splits}
 
 
 if __name__ == "__main__":

@@ -25,14 +25,17 @@ from ht_torch.optimizer import make_optimizer
 def train_step(model: HyperTransformer, optimizer, scheduler, model_cfg, batch: dict[str, np.ndarray],
                generator: torch.Generator | None = None) -> dict:
   """One step on a batch of episodes (arrays [B, ...], NHWC images); returns host metrics.
-  `generator` enables the training-time randomness (dropout, token removal)."""
+  `generator` enables the training-time randomness (dropout, token removal); an optional
+  batch["sample_masks"] [B, S] fixes the removed tokens instead (1 = removed)."""
   model.train()
   optimizer.zero_grad(set_to_none=True)
   episodes = len(batch["support_images"])
   totals = {}
+  masks = batch.get("sample_masks")
   for i in range(episodes):   # looping beats batching here: every episode has its own CNN weights
     loss, metrics = episode_loss(model, model_cfg, batch["support_images"][i], batch["support_labels"][i],
-                                 batch["query_images"][i], batch["query_labels"][i], generator=generator)
+                                 batch["query_images"][i], batch["query_labels"][i], generator=generator,
+                                 sample_mask=None if masks is None else masks[i])
     (loss / episodes).backward()
     for k, v in metrics.items():
       totals[k] = totals.get(k, 0.0) + float(v) / episodes

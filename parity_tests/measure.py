@@ -61,6 +61,14 @@ def omniglot(**model):
   return c
 
 
+def semi_supervised():
+  """5-way 1-shot plus 2 unlabelled samples per class (label N, the label table's last row)."""
+  c = omniglot()
+  c.data.num_labels, c.data.unlabeled_samples_per_class = 5, 2
+  c.data.samples_transformer, c.data.samples_cnn = 15, 10
+  return c
+
+
 def small_rgb(module):
   """The 84x84 RGB scripts' model on a 36x36 image, so the test stays fast."""
   c = module.get_config("tiny")
@@ -79,7 +87,12 @@ CONFIGS = {
     "lrelu": lambda: omniglot(cnn_activation="lrelu", transformer_nonlinearity="lrelu"),
     "bias-and-bn": lambda: omniglot(lw_generate_bias=True, lw_generate_bn=True),
     "spatial": lambda: omniglot(lw_weight_allocation="spatial"),
+    "semi-supervised": semi_supervised,
+    "semi-supervised, masked": semi_supervised,
 }
+# Token removal (max_prob_remove_*) draws its mask from each framework's own RNG, so parity feeds
+# both the same fixed mask instead (sample_mask below).
+MASKED = {"semi-supervised, masked"}
 TORCH_INITIALISED = ["omniglot_1shot_v1", "miniimagenet_1shot_v1", "bias-and-bn", "spatial"]
 
 
@@ -102,6 +115,18 @@ def episode(config):
   n, s, q, size = d.num_labels, d.samples_transformer, d.samples_cnn, d.image_size
   return (rng.uniform(-1, 1, (s, size, size, 3)).astype(np.float32), np.arange(s) % n,
           rng.uniform(-1, 1, (q, size, size, 3)).astype(np.float32), np.arange(q) % n)
+
+
+def sample_mask(name: str, support_labels: np.ndarray) -> np.ndarray | None:
+  """A fixed [S] mask (1 = token removed) hiding about a third of the labelled and of the
+  unlabelled tokens, at least one of each, or None for unmasked configurations."""
+  if name not in MASKED:
+    return None
+  mask = (np.random.default_rng(0).uniform(size=support_labels.shape) < 1 / 3).astype(np.float32)
+  for group in (support_labels < support_labels.max(), support_labels == support_labels.max()):
+    mask[np.flatnonzero(group)[0]] = 1.0
+  assert 0 < mask.sum() < mask.size
+  return mask
 
 
 def row(config, quantity, a_list, b_list, error):
@@ -140,20 +165,21 @@ def _jax_numbers_fn(name: str, graphdef):
   model_cfg = CONFIGS[name]().model
 
   @jax.jit
-  def numbers(params, sx, sy, qx, qy):
+  def numbers(params, sx, sy, qx, qy, mask):
     def loss_fn(params):
-      return jax_loss(nnx.merge(graphdef, params), model_cfg, sx, sy, qx, qy)[0]
+      return jax_loss(nnx.merge(graphdef, params), model_cfg, sx, sy, qx, qy, sample_mask=mask)[0]
     model = nnx.merge(graphdef, params)
-    weights, acts = model.generate(sx, sy)
+    weights, acts = model.generate(sx, sy, sample_mask=mask)
     loss, grads = jax.value_and_grad(loss_fn)(params)
     return weights, acts, model.classify(weights, qx), loss, grads
   return numbers
 
 
-def jax_numbers(name, graphdef, params, ep, dtype):
+def jax_numbers(name, graphdef, params, ep, dtype, mask=None):
   with jax.enable_x64(dtype == np.float64):
     sx, sy, qx, qy = _episode_as(ep, dtype)
-    out = _jax_numbers_fn(name, graphdef)(_tree_as(params, dtype), sx, sy, qx, qy)
+    mask = None if mask is None else mask.astype(dtype)
+    out = _jax_numbers_fn(name, graphdef)(_tree_as(params, dtype), sx, sy, qx, qy, mask)
     return jax.tree_util.tree_map(np.asarray, out)
 
 
@@ -178,13 +204,14 @@ def torch_model(config, state, dtype=torch.float32):
 
 
 
-def torch_numbers(config, state, ep, dtype):
+def torch_numbers(config, state, ep, dtype, mask=None):
   """(generated weights, support activations NHWC, logits, loss, gradients) as NumPy."""
   model = torch_model(config, state, torch.float64 if dtype == np.float64 else torch.float32)
   ep = _episode_as(ep, dtype)
-  weights, acts = model.generate(ep[0], ep[1])
+  mask = None if mask is None else torch.from_numpy(mask.astype(dtype))
+  weights, acts = model.generate(ep[0], ep[1], sample_mask=mask)
   logits = model.classify(weights, ep[2])
-  loss, _ = torch_loss(model, config.model, *ep)
+  loss, _ = torch_loss(model, config.model, *ep, sample_mask=mask)
   loss.backward()
   grads = {n: p.grad.numpy() for n, p in model.named_parameters()}
   return ([{k: v.detach().numpy() for k, v in w.items()} for w in weights],
@@ -192,15 +219,17 @@ def torch_numbers(config, state, ep, dtype):
           loss.detach().numpy(), grads), model
 
 
-def torch_optimiser_step(config, state, ep, optimizer: str, dtype):
+def torch_optimiser_step(config, state, ep, optimizer: str, dtype, mask=None):
   """One step of ht_torch.train's train_step with ht_torch.optimizer on this one episode."""
   c = config.copy_and_resolve_references()
   c.train.optimizer = optimizer
   model = torch_model(config, state, dtype)
   opt, schedule = torch_optimizer(model.parameters(), c.train)
   sx, sy, qx, qy = _episode_as(ep, np.float64 if dtype == torch.float64 else np.float32)
-  torch_train_step(model, opt, schedule, c.model, {"support_images": sx[None], "support_labels": sy[None],
-                                                   "query_images": qx[None], "query_labels": qy[None]})
+  batch = {"support_images": sx[None], "support_labels": sy[None], "query_images": qx[None], "query_labels": qy[None]}
+  if mask is not None:
+    batch["sample_masks"] = torch.from_numpy(mask.astype(sx.dtype))[None]
+  torch_train_step(model, opt, schedule, c.model, batch)
   return {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
 
@@ -229,12 +258,13 @@ def measure(name: str, direction: str = "jax", precisions=("float32", "float64")
   label = f"{name} ({'JAX' if direction == 'jax' else 'torch'} init)"
   config, graphdef, params, state = initialise(name, direction)
   ep = episode(config)
+  mask = sample_mask(name, ep[1])
   rows = []
   for dtype, tdtype, suffix in ((np.float32, torch.float32, "float32"), (np.float64, torch.float64, "float64")):
     if suffix not in precisions:
       continue
-    jw, ja, jl, jloss, jgrads = jax_numbers(name, graphdef, params, ep, dtype)
-    (tw, ta, tl, tloss, tgrads), model = torch_numbers(config, state, ep, dtype)
+    jw, ja, jl, jloss, jgrads = jax_numbers(name, graphdef, params, ep, dtype, mask)
+    (tw, ta, tl, tloss, tgrads), model = torch_numbers(config, state, ep, dtype, mask)
     keys = [(i, k) for i, w in enumerate(jw) for k in sorted(w)]
     rows.append(row(label, f"generated weights ({suffix})", [jw[i][k] for i, k in keys], [tw[i][k] for i, k in keys],
                     value_error))
@@ -250,7 +280,7 @@ def measure(name: str, direction: str = "jax", precisions=("float32", "float64")
                     gradient_error(scale)))
     for optimizer in ("sgd", "adam"):
       j = jax_to_torch(jax_optimiser_step(config, params, jgrads, optimizer, dtype))
-      t = torch_optimiser_step(config, state, ep, optimizer, tdtype)
+      t = torch_optimiser_step(config, state, ep, optimizer, tdtype, mask)
       # Adam's first step is lr * g / (|g| + eps) per entry: on entries whose gradient is rounding
       # noise (analytically zero, or below 1e-3 of the largest) its sign is noise too, so those
       # entries are left out of the Adam comparison.

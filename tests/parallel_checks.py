@@ -126,7 +126,7 @@ def main():
     evaluator = Evaluator(config, mesh=m)
     p = parallel.replicate(trained, m)
     results[name] = evaluator.evaluate(p, step=STEPS)
-    per_task[name] = task_accuracies(evaluator.task_accuracy, p, evaluator.samplers["test"], config, m)
+    per_task[name] = task_accuracies(evaluator.task_accuracy, p, evaluator.samplers["test"], config, m)[""]
   out["eval_one"], out["eval_eight"] = results["one"], results["eight"]
   out["eval_per_task_one"] = per_task["one"].tolist()
   out["eval_per_task_max_abs_diff"] = float(np.max(np.abs(per_task["one"] - per_task["eight"])))

@@ -28,6 +28,8 @@ class HyperTransformer(nn.Module):
     m = config.model
     self.plan: ModelPlan = build_plan(config)
     self.shared_dropout = float(m.shared_fe_dropout)
+    self.max_prob_remove_labeled = float(m.max_prob_remove_labeled)
+    self.max_prob_remove_unlabeled = float(m.max_prob_remove_unlabeled)
     self.shared_features = (SharedFeatureExtractor(self.plan.shared_convs) if self.plan.shared_convs else None)
     self.generators = nn.ModuleDict({
         str(index): LayerGenerator(plan, m, self.plan.num_transformer_layers, self.plan.heads)
@@ -36,11 +38,26 @@ class HyperTransformer(nn.Module):
         ConvLayer(layer, m.cnn_activation, bool(m.separate_evaluation_bn_vars), bool(m.add_trainable_weights))
         for layer in self.plan.conv_layers])
 
+  def sample_mask(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+    """Training-time token removal: p ~ U(0, max) per episode, each token removed with prob p
+    (the same distribution as ht_jax's; the draws differ, so parity tests pass masks explicitly)."""
+    if not (self.max_prob_remove_labeled or self.max_prob_remove_unlabeled):
+      return None
+    p_lab, p_unl = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
+    p = torch.where(labels == self.plan.num_labels, p_unl * self.max_prob_remove_unlabeled,
+                    p_lab * self.max_prob_remove_labeled)
+    return (torch.rand(labels.shape, generator=generator, dtype=torch.float64) < p).float()
+
   def generate(self, support_images, support_labels, *, generator=None, sample_mask=None):
     """support_images: [S, H, W, C] (NHWC); returns the CNN weights and the NCHW support
-    activations after each conv layer."""
+    activations after each conv layer. `generator` enables the training-time randomness (dropout,
+    token removal); `sample_mask` [S] (1 = token removed) overrides token removal."""
     x = nchw(support_images)
     labels = torch.as_tensor(support_labels).long()
+    if sample_mask is None and generator is not None:
+      sample_mask = self.sample_mask(labels, generator)
+    elif sample_mask is not None:
+      sample_mask = torch.as_tensor(sample_mask)
     shared = None
     if self.shared_features is not None:
       shared = dropout(self.shared_features(x), self.shared_dropout, generator)
