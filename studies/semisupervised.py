@@ -111,7 +111,8 @@ def plot(rows: list[dict], path: pathlib.Path, title: str) -> None:
   low = min(r[k]["mean"] for r in rows for k, _ in arms)
   ax.set_ylim(max(0, low - 10), 100)
   ax.set_ylabel("test accuracy (%), 95% CI over tasks")
-  ax.set_title(title, fontsize=9)
+  import textwrap
+  ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=8)
   ax.legend(fontsize=8, loc="lower right")
   ax.grid(axis="y", alpha=0.3)
   fig.tight_layout()

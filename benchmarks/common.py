@@ -1,0 +1,129 @@
+"""Shared by the benchmarks: configs by name, episode batches, repeat timing, memory, matmul peak.
+
+Every benchmark process measures one framework only (torch and JAX in one process fight over the
+cores), excludes compilation and warm-up from its rates and reports them separately, and gives the
+median and spread over at least 5 timed repeats. Figures on shared machines are noisy: compare
+ratios from one run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pathlib
+import resource
+import time
+from typing import Callable
+
+import numpy as np
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Inside a checkout with the project's shared data beside it, use that copy (as the scripts do).
+if "HT_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data" / "omniglot_background.npz").exists():
+  os.environ["HT_DATA_DIR"] = str(REPO.parent / "shared" / "data")
+CONFIGS = ("omniglot_1shot_v1", "omniglot_5shot_v1", "miniimagenet_1shot_v1")
+ROW_KEYS = ("benchmark", "config", "framework", "episodes_per_step", "episodes_per_s_median",
+            "episodes_per_s_min", "episodes_per_s_max", "peak_rss_mb", "flop_fraction_of_matmul_peak")
+
+
+def load_config(name: str):
+  """configs/<name>.py's full config (not a tiny variant: the benchmark measures the real model)."""
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+def uses_omniglot(config) -> bool:
+  return config.data.train_dataset.startswith("omniglot")
+
+
+def training_batches(config, episodes_per_step: int, count: int = 4) -> list[dict[str, np.ndarray]]:
+  """`count` training batches [B, ...]: real Omniglot episodes, or random images of the config's
+  shape for datasets this machine does not hold (speed does not depend on pixel values)."""
+  d = config.data
+  if uses_omniglot(config):
+    import ht_data
+    from ht_jax.input_pipeline import episode_arrays
+    sampler = ht_data.EpisodeSampler(ht_data.load_dataset(d), ht_data.train_class_ids(d),
+                                     ht_data.EpisodeSpec.from_config(d, training=True))
+    return [episode_arrays(sampler.batch(0, step, range(episodes_per_step))) for step in range(count)]
+  rng = np.random.default_rng(0)
+  n, s, q, size = int(d.num_labels), int(d.samples_transformer), int(d.samples_cnn), int(d.image_size)
+  def batch():
+    return {"support_images": rng.uniform(-1, 1, (episodes_per_step, s, size, size, 3)).astype(np.float32),
+            "support_labels": np.tile(np.arange(s, dtype=np.int32) % n, (episodes_per_step, 1)),
+            "query_images": rng.uniform(-1, 1, (episodes_per_step, q, size, size, 3)).astype(np.float32),
+            "query_labels": np.tile(np.arange(q, dtype=np.int32) % n, (episodes_per_step, 1))}
+  return [batch() for _ in range(min(count, 2))]
+
+
+def timed_repeats(run_steps: Callable[[int], None], episodes_per_step: int, repeats: int,
+                  seconds_per_repeat: float) -> dict:
+  """Calls run_steps(k) (k steps, returning when they are done) once to estimate a step's time,
+  then `repeats` timed blocks of k >= 1 steps lasting about `seconds_per_repeat` each."""
+  started = time.perf_counter()
+  run_steps(1)
+  estimate = time.perf_counter() - started
+  steps = max(1, round(seconds_per_repeat / max(estimate, 1e-6)))
+  rates = []
+  for _ in range(repeats):
+    started = time.perf_counter()
+    run_steps(steps)
+    rates.append(steps * episodes_per_step / (time.perf_counter() - started))
+  return {"episodes_per_s_median": float(np.median(rates)), "episodes_per_s_min": float(np.min(rates)),
+          "episodes_per_s_max": float(np.max(rates)), "repeats": repeats, "steps_per_repeat": steps}
+
+
+def peak_rss_mb() -> float:
+  """This process's peak resident memory (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of a large float32 jnp.matmul on this process's default device: what a dense kernel
+  reaches here, the yardstick for the model's fraction."""
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    started = time.perf_counter()
+    matmul(a).block_until_ready()
+    times.append(time.perf_counter() - started)
+  return 2 * size ** 3 / float(np.median(times))
+
+
+def compiled_flops(compiled) -> float | None:
+  """XLA's FLOP count of a compiled function (None where the backend does not report it)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, list):
+    analysis = analysis[0] if analysis else {}
+  flops = (analysis or {}).get("flops")
+  return float(flops) if flops else None
+
+
+def write_json(name: str, rows: list[dict], extra: dict | None = None) -> pathlib.Path:
+  RESULTS.mkdir(exist_ok=True)
+  path = RESULTS / f"{name}.json"
+  path.write_text(json.dumps({**(extra or {}), "rows": rows}, indent=2))
+  return path
+
+
+def markdown_table(rows: list[dict]) -> str:
+  """One line per row: the fixed keys, then compile/warm-up seconds where measured."""
+  lines = ["| benchmark | config | framework | episodes/step | episodes/s median (min-max) | compile+warm-up s "
+           "| peak RSS MB | fraction of matmul peak |", "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    if r.get("error"):
+      lines.append(f"| {r['benchmark']} | {r['config']} | {r['framework']} | {r['episodes_per_step']} | "
+                   f"failed: {r['error']} | | | |")
+      continue
+    fraction = r.get("flop_fraction_of_matmul_peak")
+    lines.append(
+        f"| {r['benchmark']} | {r['config']} | {r['framework']} | {r['episodes_per_step']} | "
+        f"{r['episodes_per_s_median']:.1f} ({r['episodes_per_s_min']:.1f}-{r['episodes_per_s_max']:.1f}) | "
+        f"{r.get('compile_s', float('nan')):.1f} | {r['peak_rss_mb']:.0f} | "
+        f"{'' if fraction is None else f'{100 * fraction:.1f}%'} |")
+  return "\n".join(lines)

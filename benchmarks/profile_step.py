@@ -1,0 +1,78 @@
+"""Where does the JAX training step spend its time? `python -m benchmarks.profile_step
+[--config omniglot_1shot_v1] [--episodes 16] [--steps 10] [--top 25]`.
+
+Traces `--steps` compiled steps with jax.profiler, reads the trace back (jax.profiler.ProfileData)
+and sums the duration of every XLA operation (fusion, dot, convolution, copy...) across the
+compute threads, printing the largest as a share of the total. The trace itself stays in
+benchmarks/results/profile/ for TensorBoard or Perfetto.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import pathlib
+
+from benchmarks import common
+
+
+def op_times(trace_dir: pathlib.Path) -> tuple[collections.Counter, collections.Counter]:
+  """Total nanoseconds per XLA op name, and per op category (the op name without its .N suffix)."""
+  from jax.profiler import ProfileData
+  path = sorted(trace_dir.rglob("*.xplane.pb"))[-1]
+  data = ProfileData.from_file(str(path))
+  by_op, by_kind = collections.Counter(), collections.Counter()
+  for plane in data.planes:
+    if not plane.name.startswith("/host:CPU") and not plane.name.startswith("/device:"):
+      continue
+    for line in plane.lines:
+      if "XLA Ops" not in line.name and not line.name.startswith("tf_") and "Eigen" not in line.name \
+          and "xla" not in line.name.lower():
+        continue
+      for event in line.events:
+        if event.name.startswith("ThunkExecutor"):   # containers of the ops below, not ops
+          continue
+        by_op[event.name] += event.duration_ns
+        by_kind[event.name.split(".")[0].removesuffix("_fusion")] += event.duration_ns
+  return by_op, by_kind
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="omniglot_1shot_v1", choices=common.CONFIGS)
+  parser.add_argument("--episodes", type=int, default=16)
+  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--top", type=int, default=25)
+  args = parser.parse_args()
+  import jax
+  from ht_jax.optimizer import make_optimizer
+  from ht_jax.train import create_model, make_train_step
+  config = common.load_config(args.config)
+  config.train.episodes_per_step = args.episodes
+  batches = [jax.device_put(b) for b in common.training_batches(config, args.episodes, 2)]
+  graphdef, params = create_model(config)
+  tx = make_optimizer(config.train)
+  opt_state = tx.init(params)
+  key = jax.random.key(0)
+  step = make_train_step(graphdef, config, tx)
+  params, opt_state, metrics = step(params, opt_state, batches[0], key)
+  jax.block_until_ready(metrics)
+  trace_dir = common.RESULTS / "profile" / f"{args.config}_b{args.episodes}"
+  with jax.profiler.trace(str(trace_dir)):
+    for i in range(args.steps):
+      params, opt_state, metrics = step(params, opt_state, batches[i % 2], key)
+    jax.block_until_ready(metrics)
+  by_op, by_kind = op_times(trace_dir)
+  total = sum(by_op.values()) or 1
+  print(f"{args.config}, {args.episodes} episodes/step, {args.steps} steps: {total / 1e6:.0f} ms of XLA ops "
+        f"({total / 1e6 / args.steps / args.episodes:.2f} ms per episode)")
+  print("| op kind | share |\n|---|---|")
+  for name, ns in by_kind.most_common(12):
+    print(f"| {name} | {100 * ns / total:.1f}% |")
+  print(f"\n| op | ms per step | share |\n|---|---|---|")
+  for name, ns in by_op.most_common(args.top):
+    print(f"| {name} | {ns / 1e6 / args.steps:.2f} | {100 * ns / total:.1f}% |")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,131 @@
+"""Every benchmark, each measurement in its own process: `python -m benchmarks.run [--quick]`.
+
+Training throughput of ht_jax and ht_torch at 1, 4, 16 and 64 episodes per step on
+omniglot_1shot_v1, omniglot_5shot_v1 and miniimagenet_1shot_v1; evaluation throughput of both under
+the original protocol; the input pipeline's waiting fraction for Omniglot and 84x84 RGB episodes.
+Writes benchmarks/results/latest.json (one row per measurement; keys in benchmarks.common.ROW_KEYS
+plus details) and prints the tables. Runs in about 15 minutes on a 2-core CPU; the same command
+runs on a GPU machine (JAX then uses the GPU; torch stays on the CPU, as ht_torch does).
+A measurement that fails (out of memory, for instance) becomes a row with its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchmarks import common
+
+PLAN_KEYS = ("kind", "framework", "config", "episodes")
+
+
+def plan(quick: bool) -> list[dict]:
+  episodes = (1, 16) if quick else (1, 4, 16, 64)
+  configs = common.CONFIGS[:1] if quick else common.CONFIGS
+  items = []
+  for config in configs:
+    for b in episodes:
+      for framework in ("jax", "torch"):
+        items.append({"kind": "train", "framework": framework, "config": config, "episodes": b})
+    for framework in ("jax", "torch"):
+      items.append({"kind": "evaluation", "framework": framework, "config": config, "episodes": 0})
+  items.append({"kind": "input_pipeline", "framework": "jax", "config": "omniglot_1shot_v1", "episodes": 16})
+  if not quick:
+    items.append({"kind": "input_pipeline", "framework": "jax", "config": "miniimagenet_1shot_v1", "episodes": 4})
+  return items
+
+
+def measure_one(item: dict, repeats: int, seconds: float) -> dict:
+  """Runs in the child process."""
+  if item["kind"] == "train":
+    from benchmarks import train
+    return train.MEASURE[item["framework"]](item["config"], item["episodes"], repeats, seconds)
+  if item["kind"] == "evaluation":
+    from benchmarks import evaluation
+    return evaluation.MEASURE[item["framework"]](item["config"], repeats, seconds)
+  from benchmarks import input_pipeline
+  return input_pipeline.measure(item["config"], item["episodes"], steps=40 if item["episodes"] >= 16 else 20)
+
+
+def run_in_subprocess(item: dict, repeats: int, seconds: float, timeout: float) -> dict:
+  with tempfile.NamedTemporaryFile(suffix=".json") as out:
+    command = [sys.executable, "-m", "benchmarks.run", "--one", json.dumps(item), "--out", out.name,
+               "--repeats", str(repeats), "--seconds", str(seconds)]
+    try:
+      result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=os.environ)
+    except subprocess.TimeoutExpired:
+      return failed(item, f"took over {timeout:.0f} s")
+    if result.returncode != 0:
+      lines = [l for l in (result.stderr or "").strip().splitlines() if l.strip()]
+      reason = "killed (out of memory?)" if result.returncode < 0 else (lines[-1][:160] if lines else "exit %d" % result.returncode)
+      return failed(item, reason)
+    return json.loads(open(out.name).read())
+
+
+def failed(item: dict, reason: str) -> dict:
+  return {"benchmark": item["kind"], "config": item["config"], "framework": item["framework"],
+          "episodes_per_step": item["episodes"], "episodes_per_s_median": None, "episodes_per_s_min": None,
+          "episodes_per_s_max": None, "peak_rss_mb": None, "flop_fraction_of_matmul_peak": None, "error": reason}
+
+
+def comparison_table(rows: list[dict]) -> str:
+  """JAX against torch, training, side by side from this run."""
+  train = {(r["config"], r["framework"], r["episodes_per_step"]): r for r in rows if r["benchmark"] == "train"}
+  lines = ["| config | episodes/step | ht_jax episodes/s | ht_torch episodes/s | JAX / torch | ht_jax fraction of matmul peak | ht_jax / ht_torch peak RSS MB |",
+           "|---|---|---|---|---|---|---|"]
+  for (config, framework, b), j in train.items():
+    if framework != "jax":
+      continue
+    t = train.get((config, "torch", b), {})
+    def rate(r):
+      return f"{r['episodes_per_s_median']:.1f} ({r['episodes_per_s_min']:.1f}-{r['episodes_per_s_max']:.1f})" \
+          if r.get("episodes_per_s_median") else (r.get("error") or "not run")
+    ratio = (f"{j['episodes_per_s_median'] / t['episodes_per_s_median']:.1f}x"
+             if j.get("episodes_per_s_median") and t.get("episodes_per_s_median") else "")
+    fraction = f"{100 * j['flop_fraction_of_matmul_peak']:.1f}%" if j.get("flop_fraction_of_matmul_peak") else ""
+    memory = f"{j['peak_rss_mb']:.0f} / {t['peak_rss_mb']:.0f}" if j.get("peak_rss_mb") and t.get("peak_rss_mb") else ""
+    lines.append(f"| {config} | {b} | {rate(j)} | {rate(t)} | {ratio} | {fraction} | {memory} |")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="omniglot_1shot_v1 at 1 and 16 episodes per step only")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--seconds", type=float, default=1.0, help="length of one timed repeat")
+  parser.add_argument("--timeout", type=float, default=240.0, help="seconds before one measurement is abandoned")
+  parser.add_argument("--one", help=argparse.SUPPRESS)
+  parser.add_argument("--out", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.one:
+    row = measure_one(json.loads(args.one), args.repeats, args.seconds)
+    open(args.out, "w").write(json.dumps(row))
+    return
+
+  started, rows = time.perf_counter(), []
+  items = plan(args.quick)
+  for i, item in enumerate(items):
+    print(f"[{i + 1}/{len(items)} {time.perf_counter() - started:5.0f} s] "
+          + " ".join(str(item[k]) for k in PLAN_KEYS), flush=True)
+    rows.append(run_in_subprocess(item, args.repeats, args.seconds, args.timeout))
+  common.RESULTS.mkdir(exist_ok=True)
+  out = {"wall_s": time.perf_counter() - started, "rows": rows}
+  (common.RESULTS / "latest.json").write_text(json.dumps(out, indent=2))
+  print(common.markdown_table(rows))
+  print()
+  print(comparison_table(rows))
+  waits = [r for r in rows if r["benchmark"] == "input_pipeline" and "data_wait_fraction" in r]
+  for r in waits:
+    print(f"input pipeline, {r['config']} {r['image_shape']}, {r['episodes_per_step']} episodes/step: "
+          f"{100 * r['data_wait_fraction']:.1f}% of training time waiting for data "
+          f"(sampler alone: {r['sampler_episodes_per_s_one_thread']:.0f} episodes/s on one thread)")
+  print(f"wrote {common.RESULTS / 'latest.json'} in {out['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+  main()

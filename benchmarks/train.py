@@ -1,0 +1,108 @@
+"""Training throughput: episodes per second of one framework's training step.
+
+  python -m benchmarks.train --framework jax|torch [--config omniglot_1shot_v1] [--episodes 1 4 16 64]
+
+The step alone (episodes are sampled beforehand; benchmarks.input_pipeline measures the data
+side), with compilation (JAX) or the first step (torch) excluded and reported as compile_s.
+JAX rows add XLA's FLOP count of the step and its FLOP rate as a fraction of a large matmul's,
+measured in the same process. ht_torch loops over a step's episodes (its train_step): each episode
+has its own generated kernels, and batching them would need grouped convolutions.
+Writes benchmarks/results/train_<framework>.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from benchmarks import common
+
+
+def measure_jax(config_name: str, episodes_per_step: int, repeats: int = 5, seconds_per_repeat: float = 1.0) -> dict:
+  import jax
+  from ht_jax.optimizer import make_optimizer
+  from ht_jax.train import create_model, make_train_step
+  config = common.load_config(config_name)
+  config.train.episodes_per_step = episodes_per_step
+  batches = [jax.device_put(b) for b in common.training_batches(config, episodes_per_step)]
+  graphdef, params = create_model(config)
+  tx = make_optimizer(config.train)
+  opt_state = tx.init(params)
+  key = jax.random.key(0)
+  started = time.perf_counter()
+  step = make_train_step(graphdef, config, tx).lower(params, opt_state, batches[0], key).compile()
+  params, opt_state, metrics = step(params, opt_state, batches[0], key)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - started
+  state = {"params": params, "opt_state": opt_state, "i": 0}
+
+  def run_steps(k):
+    for _ in range(k):
+      state["params"], state["opt_state"], m = step(state["params"], state["opt_state"],
+                                                     batches[state["i"] % len(batches)], key)
+      state["i"] += 1
+    jax.block_until_ready(m)
+
+  timing = common.timed_repeats(run_steps, episodes_per_step, repeats, seconds_per_repeat)
+  flops = common.compiled_flops(step)
+  peak = common.matmul_peak_flops()
+  fraction = None
+  if flops:
+    fraction = flops * timing["episodes_per_s_median"] / episodes_per_step / peak
+  return {"benchmark": "train", "config": config_name, "framework": "jax", "episodes_per_step": episodes_per_step,
+          **timing, "compile_s": compile_s, "peak_rss_mb": common.peak_rss_mb(),
+          "flop_fraction_of_matmul_peak": fraction, "step_gflop": None if flops is None else flops / 1e9,
+          "matmul_peak_gflops": peak / 1e9, "device": str(jax.devices()[0].device_kind)}
+
+
+def measure_torch(config_name: str, episodes_per_step: int, repeats: int = 5, seconds_per_repeat: float = 1.0) -> dict:
+  import torch
+  from ht_torch.model.hypertransformer import HyperTransformer
+  from ht_torch.optimizer import make_optimizer
+  from ht_torch.train import train_step
+  config = common.load_config(config_name)
+  batches = common.training_batches(config, episodes_per_step)
+  torch.manual_seed(0)
+  model = HyperTransformer(config)
+  optimizer, scheduler = make_optimizer(model.parameters(), config.train)
+  state = {"i": 0}
+
+  def run_steps(k):
+    for _ in range(k):
+      train_step(model, optimizer, scheduler, config.model, batches[state["i"] % len(batches)])
+      state["i"] += 1
+
+  started = time.perf_counter()
+  run_steps(1)
+  warmup_s = time.perf_counter() - started
+  timing = common.timed_repeats(run_steps, episodes_per_step, repeats, seconds_per_repeat)
+  return {"benchmark": "train", "config": config_name, "framework": "torch", "episodes_per_step": episodes_per_step,
+          **timing, "compile_s": warmup_s, "peak_rss_mb": common.peak_rss_mb(),
+          "flop_fraction_of_matmul_peak": None, "threads": torch.get_num_threads()}
+
+
+MEASURE = {"jax": measure_jax, "torch": measure_torch}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--framework", choices=sorted(MEASURE), required=True)
+  parser.add_argument("--config", default="omniglot_1shot_v1", choices=common.CONFIGS)
+  parser.add_argument("--episodes", type=int, nargs="+", default=[1, 4, 16, 64])
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--seconds", type=float, default=1.0, help="length of one timed repeat")
+  parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/train_<framework>.json)")
+  args = parser.parse_args()
+  rows = [MEASURE[args.framework](args.config, b, args.repeats, args.seconds) for b in args.episodes]
+  if args.out:
+    import json, pathlib
+    pathlib.Path(args.out).write_text(json.dumps({"rows": rows}, indent=2))
+  else:
+    common.write_json(f"train_{args.framework}", rows)
+  print(common.markdown_table(rows))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,43 @@
+"""The benchmark harness measures what it says: rates from timed repeats, rows in the documented
+schema, a failed measurement reported rather than lost. (Speeds themselves live in benchmarks/.)"""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from benchmarks import common, run
+from tests.test_train import REPO
+
+
+def test_timed_repeats_reports_the_rate_of_the_timed_blocks():
+  calls = []
+  def run_steps(k):
+    calls.append(k)
+    time.sleep(0.01 * k)           # 10 ms per step
+  timing = common.timed_repeats(run_steps, episodes_per_step=4, repeats=5, seconds_per_repeat=0.05)
+  assert calls[0] == 1 and len(calls) == 6 and all(k >= 4 for k in calls[1:])   # estimate, then 5 blocks
+  assert timing["episodes_per_s_min"] <= timing["episodes_per_s_median"] <= timing["episodes_per_s_max"]
+  assert 250 < timing["episodes_per_s_median"] <= 400          # 4 episodes / 10 ms, less overhead
+
+
+def test_one_measurement_in_its_own_process_has_every_documented_key(tmp_path):
+  out = tmp_path / "row.json"
+  item = {"kind": "train", "framework": "torch", "config": "omniglot_1shot_v1", "episodes": 1}
+  subprocess.run([sys.executable, "-m", "benchmarks.run", "--one", json.dumps(item), "--out", str(out),
+                  "--repeats", "5", "--seconds", "0.05"], cwd=REPO, check=True, capture_output=True)
+  row = json.loads(out.read_text())
+  assert set(common.ROW_KEYS) <= set(row)
+  assert row["framework"] == "torch" and row["episodes_per_step"] == 1 and row["repeats"] == 5
+  assert 0 < row["episodes_per_s_min"] <= row["episodes_per_s_median"] <= row["episodes_per_s_max"]
+  assert row["peak_rss_mb"] > 50
+
+
+def test_a_failed_measurement_becomes_a_row_with_its_error():
+  item = {"kind": "train", "framework": "jax", "config": "no_such_config", "episodes": 1}
+  row = run.run_in_subprocess(item, repeats=5, seconds=0.1, timeout=120)
+  assert row["error"] and row["episodes_per_s_median"] is None and set(common.ROW_KEYS) <= set(row)
+  table = run.comparison_table([row])
+  assert "no_such_config" in table and "not run" in table
