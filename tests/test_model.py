@@ -35,6 +35,22 @@ def test_max_pool_floors_and_batch_norm_uses_batch_statistics():
   np.testing.assert_allclose(y.var(axis=(0, 1, 2)), 1, atol=2e-3)   # eps = 1e-3 shrinks it slightly
 
 
+def test_max_pool_gradient_goes_to_the_first_maximum_as_in_torch():
+  """Odd sizes, many ties (constant windows, as a blank background gives), under jit: the same
+  values and the same gradient as torch's max_pool2d."""
+  import torch
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 3, (2, 7, 9, 3)).astype(np.float32)          # values 0..2: ties everywhere
+  upstream = rng.normal(size=(2, 3, 4, 3)).astype(np.float32)
+  pooled, grad = jax.jit(lambda x: jax.value_and_grad(lambda x: (max_pool_2x2(x) * upstream).sum())(x))(x)
+  tx = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+  ty = torch.nn.functional.max_pool2d(tx, 2)
+  (ty * torch.from_numpy(upstream).permute(0, 3, 1, 2)).sum().backward()
+  np.testing.assert_array_equal(np.asarray(max_pool_2x2(x)), ty.detach().permute(0, 2, 3, 1).numpy())
+  np.testing.assert_array_equal(np.asarray(grad), tx.grad.permute(0, 2, 3, 1).numpy())
+  assert float(pooled) == pytest.approx(float((ty * torch.from_numpy(upstream).permute(0, 3, 1, 2)).sum()), rel=1e-6)
+
+
 def test_decode_conv_output_allocation_is_hwio_row_major():
   c = omniglot_1shot_v1.get_config()
   c.model.lw_generate_bias = c.model.lw_generate_bn = True

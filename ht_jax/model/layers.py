@@ -48,20 +48,37 @@ def conv2d(x: jax.Array, kernel_matrix: jax.Array, kernel: int, stride: int, pad
   return im2col(x, kernel, stride, padding) @ kernel_matrix
 
 
+@jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 / stride-2 valid max-pool (odd sizes floor, as TF's).
 
   The gradient goes to the first maximal entry of each window in row-major order, as in torch.
-  Max-pool is not written with `max`: the gradients of reduce-max and of `maximum` compare the input
+  The backward is written by hand: the gradients of reduce-max and of `maximum` compare the input
   with the output for equality, and under jit XLA:CPU may compute the two in separate fusions that
   round differently; the gradient is then dropped (or 0/0 = NaN for reduce-max). Ties are common
-  here: a constant background gives equal activations across a whole window.
+  here: a constant background gives equal activations across a whole window. The forward is a
+  plain reduce-max (exact, so any formulation gives the same values); only the backward looks for
+  the first maximum, in the saved input itself, so the comparison cannot disagree with itself.
   """
+  n, h, w, c = x.shape
+  return x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _max_pool_forward(x):
+  return max_pool_2x2(x), x
+
+
+def _max_pool_backward(x, g):
   n, h, w, c = x.shape
   h2, w2 = h // 2 * 2, w // 2 * 2
   corners = jnp.stack([x[:, i:h2:2, j:w2:2, :] for i in (0, 1) for j in (0, 1)], axis=-1)
-  first_max = jax.lax.stop_gradient(jnp.argmax(corners, axis=-1))[..., None] == jnp.arange(4)
-  return jnp.where(first_max, corners, 0.0).sum(axis=-1)
+  first_max = jnp.argmax(corners, axis=-1)[..., None] == jnp.arange(4)     # [n, h/2, w/2, c, 4]
+  routed = jnp.where(first_max, g[..., None], 0.0).reshape(n, h2 // 2, w2 // 2, c, 2, 2)
+  dx = routed.transpose(0, 1, 4, 2, 5, 3).reshape(n, h2, w2, c)            # corner (i, j) -> (2y+i, 2x+j)
+  return (jnp.pad(dx, ((0, 0), (0, h - h2), (0, w - w2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
 
 
 def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
