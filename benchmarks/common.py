@@ -104,6 +104,11 @@ def compiled_flops(compiled) -> float | None:
   return float(flops) if flops else None
 
 
+def flop_fraction(flops_per_call: float | None, calls_per_s: float, peak_flops: float) -> float | None:
+  """The compiled call's FLOP rate as a fraction of the matmul peak (None without a FLOP count)."""
+  return flops_per_call * calls_per_s / peak_flops if flops_per_call else None
+
+
 def write_json(name: str, rows: list[dict], extra: dict | None = None) -> pathlib.Path:
   RESULTS.mkdir(exist_ok=True)
   path = RESULTS / f"{name}.json"

@@ -58,7 +58,7 @@ def measure_jax(config_name: str, repeats: int = 5, seconds_per_repeat: float = 
 
   timing = common.timed_repeats(run_calls, tasks, repeats, seconds_per_repeat)
   flops, peak = common.compiled_flops(task_accuracy), common.matmul_peak_flops()
-  fraction = flops * timing["episodes_per_s_median"] / tasks / peak if flops else None
+  fraction = common.flop_fraction(flops, timing["episodes_per_s_median"] / tasks, peak)
   return {"benchmark": "evaluation", "config": config_name, "framework": "jax", "episodes_per_step": tasks,
           **timing, "compile_s": compile_s, "peak_rss_mb": common.peak_rss_mb(),
           "flop_fraction_of_matmul_peak": fraction, "query_batches_per_task": int(config.eval.num_eval_batches),

@@ -48,9 +48,7 @@ def measure_jax(config_name: str, episodes_per_step: int, repeats: int = 5, seco
   timing = common.timed_repeats(run_steps, episodes_per_step, repeats, seconds_per_repeat)
   flops = common.compiled_flops(step)
   peak = common.matmul_peak_flops()
-  fraction = None
-  if flops:
-    fraction = flops * timing["episodes_per_s_median"] / episodes_per_step / peak
+  fraction = common.flop_fraction(flops, timing["episodes_per_s_median"] / episodes_per_step, peak)
   return {"benchmark": "train", "config": config_name, "framework": "jax", "episodes_per_step": episodes_per_step,
           **timing, "compile_s": compile_s, "peak_rss_mb": common.peak_rss_mb(),
           "flop_fraction_of_matmul_peak": fraction, "step_gflop": None if flops is None else flops / 1e9,
@@ -93,14 +91,9 @@ def main():
   parser.add_argument("--episodes", type=int, nargs="+", default=[1, 4, 16, 64])
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--seconds", type=float, default=1.0, help="length of one timed repeat")
-  parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/train_<framework>.json)")
   args = parser.parse_args()
   rows = [MEASURE[args.framework](args.config, b, args.repeats, args.seconds) for b in args.episodes]
-  if args.out:
-    import json, pathlib
-    pathlib.Path(args.out).write_text(json.dumps({"rows": rows}, indent=2))
-  else:
-    common.write_json(f"train_{args.framework}", rows)
+  common.write_json(f"train_{args.framework}", rows)
   print(common.markdown_table(rows))
 
 

@@ -46,6 +46,7 @@ def train_step(model: HyperTransformer, optimizer, scheduler, model_cfg, batch: 
 
 def train(config, workdir: str | pathlib.Path) -> dict:
   from tqdm import tqdm
+  from ht_jax.input_pipeline import episode_arrays   # NumPy only: the batch dict both frameworks train on
   from ht_jax.metrics import MetricWriter
   from ht_jax.train import uses_randomness
   from ht_torch.convert import save_safetensors
@@ -65,9 +66,7 @@ def train(config, workdir: str | pathlib.Path) -> dict:
   last, window, step = {}, [], 0
   try:
     for step in tqdm(range(steps), unit="step", file=sys.stdout, mininterval=1.0):
-      episode = sampler.batch(int(t.seed), step, range(batch_size))
-      batch = {"support_images": episode.support_images, "support_labels": episode.support_labels,
-               "query_images": episode.query_images, "query_labels": episode.query_labels}
+      batch = episode_arrays(sampler.batch(int(t.seed), step, range(batch_size)))
       generator = torch.Generator().manual_seed(int(t.seed) * 1_000_003 + step) if random else None
       window.append(train_step(model, optimizer, scheduler, config.model, batch, generator))
       if (step + 1) % t.log_every == 0 or step + 1 == steps:

@@ -139,10 +139,11 @@ def main():
   d = arm_config(args.setting, "semi", args.layers[0]).data
   header = (f"{d.num_labels}-way 1-shot Omniglot test classes, {d.unlabeled_samples_per_class} unlabelled per class; "
             f"{args.steps} training steps per arm; {args.tasks} test tasks, the same for every row and column.")
+  per_task_json = {f"{arm}_L{depth}": {variant or "with_unlabelled": accuracies.tolist()
+                                        for variant, accuracies in variants.items()}
+                   for (depth, arm), variants in per_task.items()}
   (out / "study.json").write_text(json.dumps({"setting": args.setting, "steps": args.steps, "tasks": args.tasks,
-                                              "rows": rows, "per_task": {f"{k[1]}_L{k[0]}": {v or "with_unlabelled": a.tolist()
-                                                                         for v, a in d_.items()}
-                                                                         for k, d_ in per_task.items()}}, indent=1))
+                                              "rows": rows, "per_task": per_task_json}, indent=1))
   text = markdown(rows, header)
   (out / "study.md").write_text(text + "\n")
   plot(rows, out / "study.png", header)
