@@ -14,15 +14,17 @@ from ht_jax.model.plan import build_plan
 from ht_jax.model.transformer import Transformer
 
 
+@pytest.mark.parametrize("channels", [1, 4])
 @pytest.mark.parametrize("size,stride,padding", [(28, 1, "SAME"), (28, 2, "SAME"), (21, 2, "SAME"),
                                                  (13, 2, "VALID"), (7, 1, "VALID")])
-def test_im2col_conv_matches_lax_conv(size, stride, padding):
+def test_banded_conv_matches_lax_conv(size, stride, padding, channels):
   rng = np.random.default_rng(0)
-  x = rng.normal(size=(3, size, size, 4)).astype(np.float32)
-  kernel = rng.normal(size=(3, 3, 4, 5)).astype(np.float32)   # HWIO
+  x = rng.normal(size=(3, size, size, channels)).astype(np.float32)
+  kernel = rng.normal(size=(3, 3, channels, 5)).astype(np.float32)   # HWIO
   expected = jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
   got = conv2d(jnp.asarray(x), jnp.asarray(kernel.reshape(-1, 5)), 3, stride, padding)
+  assert got.shape == expected.shape
   np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
