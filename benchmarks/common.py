@@ -60,18 +60,23 @@ def training_batches(config, episodes_per_step: int, count: int = 4) -> list[dic
 def timed_repeats(run_steps: Callable[[int], None], episodes_per_step: int, repeats: int,
                   seconds_per_repeat: float) -> dict:
   """Calls run_steps(k) (k steps, returning when they are done) once to estimate a step's time,
-  then `repeats` timed blocks of k >= 1 steps lasting about `seconds_per_repeat` each."""
-  started = time.perf_counter()
-  run_steps(1)
-  estimate = time.perf_counter() - started
-  steps = max(1, round(seconds_per_repeat / max(estimate, 1e-6)))
-  rates = []
-  for _ in range(repeats):
-    started = time.perf_counter()
-    run_steps(steps)
-    rates.append(steps * episodes_per_step / (time.perf_counter() - started))
+  then times `repeats` blocks of k >= 1 steps lasting about `seconds_per_repeat` each. A step
+  longer than a repeat makes the estimate itself the first repeat (slow rows cost one step less).
+  Also reports the process's CPU time over wall time: 2.0 on two busy cores."""
+  def timed(k):
+    wall, cpu = time.perf_counter(), time.process_time()
+    run_steps(k)
+    wall = time.perf_counter() - wall
+    return k * episodes_per_step / wall, (time.process_time() - cpu) / wall
+
+  first = timed(1)
+  steps = max(1, round(seconds_per_repeat / max(episodes_per_step / first[0], 1e-6)))
+  samples = [first] if steps == 1 else []
+  samples += [timed(steps) for _ in range(repeats - len(samples))]
+  rates, utilisation = np.array(samples).T
   return {"episodes_per_s_median": float(np.median(rates)), "episodes_per_s_min": float(np.min(rates)),
-          "episodes_per_s_max": float(np.max(rates)), "repeats": repeats, "steps_per_repeat": steps}
+          "episodes_per_s_max": float(np.max(rates)), "repeats": repeats, "steps_per_repeat": steps,
+          "cpu_utilisation": float(np.median(utilisation))}
 
 
 def peak_rss_mb() -> float:
@@ -119,16 +124,17 @@ def write_json(name: str, rows: list[dict], extra: dict | None = None) -> pathli
 def markdown_table(rows: list[dict]) -> str:
   """One line per row: the fixed keys, then compile/warm-up seconds where measured."""
   lines = ["| benchmark | config | framework | episodes/step | episodes/s median (min-max) | compile+warm-up s "
-           "| peak RSS MB | fraction of matmul peak |", "|---|---|---|---|---|---|---|---|"]
+           "| peak RSS MB | fraction of matmul peak | CPU time / wall time |", "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     if r.get("error"):
       lines.append(f"| {r['benchmark']} | {r['config']} | {r['framework']} | {r['episodes_per_step']} | "
-                   f"failed: {r['error']} | | | |")
+                   f"failed: {r['error']} | | | | |")
       continue
-    fraction = r.get("flop_fraction_of_matmul_peak")
+    fraction, busy = r.get("flop_fraction_of_matmul_peak"), r.get("cpu_utilisation")
     lines.append(
         f"| {r['benchmark']} | {r['config']} | {r['framework']} | {r['episodes_per_step']} | "
         f"{r['episodes_per_s_median']:.1f} ({r['episodes_per_s_min']:.1f}-{r['episodes_per_s_max']:.1f}) | "
         f"{r.get('compile_s', float('nan')):.1f} | {r['peak_rss_mb']:.0f} | "
-        f"{'' if fraction is None else f'{100 * fraction:.1f}%'} |")
+        f"{'' if fraction is None else f'{100 * fraction:.1f}%'} | "
+        f"{'' if busy is None else f'{busy:.2f}'} |")
   return "\n".join(lines)

@@ -3,8 +3,10 @@
 
 Traces `--steps` compiled steps with jax.profiler, reads the trace back (jax.profiler.ProfileData)
 and sums the duration of every XLA operation (fusion, dot, convolution, copy...) across the
-compute threads, printing the largest as a share of the total. The trace itself stays in
-benchmarks/results/profile/ for TensorBoard or Perfetto.
+compute threads. It prints the time per part of the model (the `jax.named_scope`s of
+ht_jax/model: shared_features, generator/transformer, cnn_query/conv, ...; forward and backward
+apart), then the largest operations. The trace itself stays in benchmarks/results/profile/ for
+TensorBoard or Perfetto.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import pathlib
+import re
 
 from benchmarks import common
 
@@ -37,6 +40,22 @@ def op_times(trace_dir: pathlib.Path) -> tuple[collections.Counter, collections.
   return by_op, by_kind
 
 
+def op_scopes(hlo_text: str) -> dict[str, str]:
+  """HLO instruction name -> "model part (forward|backward)", from the op_name metadata that
+  jax.named_scope writes, e.g. "jit(train_step)/transpose(jvp(vmap(cnn_query/conv)))/dot_general"
+  -> "cnn_query/conv (backward)". Ops outside every scope (loss, optimiser) are "other"."""
+  scopes = {}
+  for match in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\";]*)", hlo_text, re.MULTILINE):
+    name, path = match.groups()
+    path = path.split("/", 1)[1] if "/" in path else ""          # drop jit(train_step)
+    direction = "backward" if path.startswith("transpose(") else "forward"
+    while (inner := re.match(r"^\w+\((.*)\)(/[^()]*)?$", path)):  # jvp(vmap(a))/b/op -> a/b/op
+      path = inner.group(1) + (inner.group(2) or "")
+    parts = [p for p in path.split("/")[:-1] if p] if "(" not in path else []
+    scopes[name] = f"{'/'.join(parts[:2]) or 'other'} ({direction})"
+  return scopes
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="omniglot_1shot_v1", choices=common.CONFIGS)
@@ -54,7 +73,8 @@ def main():
   tx = make_optimizer(config.train)
   opt_state = tx.init(params)
   key = jax.random.key(0)
-  step = make_train_step(graphdef, config, tx)
+  step = make_train_step(graphdef, config, tx).lower(params, opt_state, batches[0], key).compile()
+  scopes = op_scopes(step.as_text())
   params, opt_state, metrics = step(params, opt_state, batches[0], key)
   jax.block_until_ready(metrics)
   trace_dir = common.RESULTS / "profile" / f"{args.config}_b{args.episodes}"
@@ -66,12 +86,18 @@ def main():
   total = sum(by_op.values()) or 1
   print(f"{args.config}, {args.episodes} episodes/step, {args.steps} steps: {total / 1e6:.0f} ms of XLA ops "
         f"({total / 1e6 / args.steps / args.episodes:.2f} ms per episode)")
-  print("| op kind | share |\n|---|---|")
+  by_scope = collections.Counter()
+  for name, ns in by_op.items():
+    by_scope[scopes.get(name, "other (runtime)")] += ns
+  print("\n| model part | ms per episode | share |\n|---|---|---|")
+  for name, ns in by_scope.most_common():
+    print(f"| {name} | {ns / 1e6 / args.steps / args.episodes:.2f} | {100 * ns / total:.1f}% |")
+  print("\n| op kind | share |\n|---|---|")
   for name, ns in by_kind.most_common(12):
     print(f"| {name} | {100 * ns / total:.1f}% |")
   print(f"\n| op | ms per step | share |\n|---|---|---|")
   for name, ns in by_op.most_common(args.top):
-    print(f"| {name} | {ns / 1e6 / args.steps:.2f} | {100 * ns / total:.1f}% |")
+    print(f"| {name} ({scopes.get(name, '-')}) | {ns / 1e6 / args.steps:.2f} | {100 * ns / total:.1f}% |")
 
 
 if __name__ == "__main__":

@@ -77,22 +77,32 @@ def failed(item: dict, reason: str) -> dict:
 
 
 def comparison_table(rows: list[dict]) -> str:
-  """JAX against torch, training, side by side from this run."""
+  """JAX against torch, training, side by side from this run; torch at its faster mode."""
   train = {(r["config"], r["framework"], r["episodes_per_step"]): r for r in rows if r["benchmark"] == "train"}
-  lines = ["| config | episodes/step | ht_jax episodes/s | ht_torch episodes/s | JAX / torch | ht_jax fraction of matmul peak | ht_jax / ht_torch peak RSS MB |",
-           "|---|---|---|---|---|---|---|"]
+  lines = ["| config | episodes/step | ht_jax episodes/s | ht_torch episodes/s (mode; loop / vmap) | JAX / torch "
+           "| ht_jax fraction of matmul peak | CPU time / wall, jax / torch | ht_jax / ht_torch peak RSS MB |",
+           "|---|---|---|---|---|---|---|---|"]
   for (config, framework, b), j in train.items():
     if framework != "jax":
       continue
     t = train.get((config, "torch", b), {})
+
     def rate(r):
       return f"{r['episodes_per_s_median']:.1f} ({r['episodes_per_s_min']:.1f}-{r['episodes_per_s_max']:.1f})" \
           if r.get("episodes_per_s_median") else (r.get("error") or "not run")
-    ratio = (f"{j['episodes_per_s_median'] / t['episodes_per_s_median']:.1f}x"
+
+    def both(r, key):
+      return " / ".join(f"{r[key]:.2f}" if r.get(key) else "-" for r in (j, t))
+
+    modes = " / ".join(f"{t[f'{m}_episodes_per_s_median']:.1f}" for m in ("loop", "vmap")
+                       if t.get(f"{m}_episodes_per_s_median"))
+    torch_rate = f"{rate(t)}; {t['torch_mode']}; {modes}" if t.get("torch_mode") else rate(t)
+    ratio = (f"{j['episodes_per_s_median'] / t['episodes_per_s_median']:.2f}x"
              if j.get("episodes_per_s_median") and t.get("episodes_per_s_median") else "")
     fraction = f"{100 * j['flop_fraction_of_matmul_peak']:.1f}%" if j.get("flop_fraction_of_matmul_peak") else ""
     memory = f"{j['peak_rss_mb']:.0f} / {t['peak_rss_mb']:.0f}" if j.get("peak_rss_mb") and t.get("peak_rss_mb") else ""
-    lines.append(f"| {config} | {b} | {rate(j)} | {rate(t)} | {ratio} | {fraction} | {memory} |")
+    lines.append(f"| {config} | {b} | {rate(j)} | {torch_rate} | {ratio} | {fraction} | "
+                 f"{both(j, 'cpu_utilisation')} | {memory} |")
   return "\n".join(lines)
 
 

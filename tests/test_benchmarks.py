@@ -21,17 +21,31 @@ def test_timed_repeats_reports_the_rate_of_the_timed_blocks():
   assert calls[0] == 1 and len(calls) == 6 and all(k >= 4 for k in calls[1:])   # estimate, then 5 blocks
   assert timing["episodes_per_s_min"] <= timing["episodes_per_s_median"] <= timing["episodes_per_s_max"]
   assert 250 < timing["episodes_per_s_median"] <= 400          # 4 episodes / 10 ms, less overhead
+  assert timing["cpu_utilisation"] < 0.5                      # sleeping is not computing
+
+
+def test_a_step_longer_than_a_repeat_is_its_own_first_repeat():
+  calls = []
+  def run_steps(k):
+    calls.append(k)
+    time.sleep(0.02 * k)
+  timing = common.timed_repeats(run_steps, episodes_per_step=1, repeats=5, seconds_per_repeat=0.01)
+  assert calls == [1] * 5 and timing["steps_per_repeat"] == 1
+  assert 30 < timing["episodes_per_s_median"] <= 50
 
 
 def test_one_measurement_in_its_own_process_has_every_documented_key(tmp_path):
   out = tmp_path / "row.json"
-  item = {"kind": "train", "framework": "torch", "config": "omniglot_1shot_v1", "episodes": 1}
+  item = {"kind": "train", "framework": "torch", "config": "omniglot_1shot_v1", "episodes": 2}
   subprocess.run([sys.executable, "-m", "benchmarks.run", "--one", json.dumps(item), "--out", str(out),
                   "--repeats", "5", "--seconds", "0.05"], cwd=REPO, check=True, capture_output=True)
   row = json.loads(out.read_text())
   assert set(common.ROW_KEYS) <= set(row)
-  assert row["framework"] == "torch" and row["episodes_per_step"] == 1 and row["repeats"] == 5
+  assert row["framework"] == "torch" and row["episodes_per_step"] == 2 and row["repeats"] == 5
   assert 0 < row["episodes_per_s_min"] <= row["episodes_per_s_median"] <= row["episodes_per_s_max"]
+  # Both torch modes were timed and the row is the faster one's.
+  rates = {m: row[f"{m}_episodes_per_s_median"] for m in ("loop", "vmap")}
+  assert row["torch_mode"] == max(rates, key=rates.get) and row["episodes_per_s_median"] == rates[row["torch_mode"]]
   assert row["peak_rss_mb"] > 50
 
 
@@ -41,3 +55,13 @@ def test_a_failed_measurement_becomes_a_row_with_its_error():
   assert row["error"] and row["episodes_per_s_median"] is None and set(common.ROW_KEYS) <= set(row)
   table = run.comparison_table([row])
   assert "no_such_config" in table and "not run" in table
+
+
+def test_profile_ops_are_attributed_to_the_model_part_that_made_them():
+  from benchmarks.profile_step import op_scopes
+  hlo = "\n".join([
+      '  %fusion.1 = f32[2]{0} fusion(%p), metadata={op_name="jit(train_step)/jvp(vmap(cnn_query))/conv/dot_general" stack_frame_id=1}',
+      '  ROOT %dot.2 = f32[2]{0} dot(%a, %b), metadata={op_name="jit(train_step)/transpose(jvp(vmap(generator)))/transformer/dot_general"}',
+      '  %add.3 = f32[2]{0} add(%a, %b), metadata={op_name="jit(train_step)/add"}'])
+  assert op_scopes(hlo) == {"fusion.1": "cnn_query/conv (forward)", "dot.2": "generator/transformer (backward)",
+                            "add.3": "other (forward)"}

@@ -48,19 +48,22 @@ class ConvLayer(nnx.Module):
 
   def __call__(self, x: jax.Array, weights: dict[str, jax.Array], query_pass: bool = False) -> jax.Array:
     p = self.plan
-    y = conv2d(x, weights["kernel"], p.kernel, p.stride, p.padding)
+    with jax.named_scope("conv"):
+      y = conv2d(x, weights["kernel"], p.kernel, p.stride, p.padding)
     if "bias" in weights:
       y = y + weights["bias"]
     y = activation(self.activation_name, CNN_LRELU_SLOPE)(y)
     if p.pool:
-      y = max_pool_2x2(y)
+      with jax.named_scope("max_pool"):
+        y = max_pool_2x2(y)
     if p.generate_bn:
       scale, bias = weights["bn_scale"], weights["bn_bias"]
     elif query_pass and hasattr(self, "eval_bn_scale"):
       scale, bias = self.eval_bn_scale[...], self.eval_bn_bias[...]
     else:
       scale, bias = self.bn_scale[...], self.bn_bias[...]
-    return batch_norm(y, scale, bias)
+    with jax.named_scope("batch_norm"):
+      return batch_norm(y, scale, bias)
 
 
 def logits_layer(plan: LogitsLayerPlan, x: jax.Array, weights: dict[str, jax.Array]) -> jax.Array:

@@ -35,7 +35,8 @@ class LayerGenerator(nnx.Module):
     """activations: [n, s, s, C] support activations at this layer; labels: [n] in 0..N;
     sample_mask: [n], 1 = token removed. Returns the weight slices [num_weight_tokens, B]."""
     keys = (None, None) if key is None else jax.random.split(key)
-    features = dropout(self.local_features(activations), self.feature_dropout, keys[0])
+    with jax.named_scope("local_features"):
+      features = dropout(self.local_features(activations), self.feature_dropout, keys[0])
     if shared_features is not None:
       features = jnp.concatenate([features, shared_features], axis=-1)   # [n, F]
     tokens = token_io.encode_tokens(self.plan, self.weight_embeddings[...],
@@ -44,5 +45,6 @@ class LayerGenerator(nnx.Module):
     if sample_mask is not None:   # weight tokens are never masked
       key_mask = jnp.concatenate([jnp.zeros((self.plan.num_weight_tokens,), tokens.dtype),
                                   sample_mask.astype(tokens.dtype)])
-    outputs = self.transformer(tokens, key_mask, keys[1])
+    with jax.named_scope("transformer"):
+      outputs = self.transformer(tokens, key_mask, keys[1])
     return token_io.weight_slices(self.plan, outputs)

@@ -60,28 +60,33 @@ class HyperTransformer(nnx.Module):
       sample_mask = self.sample_mask(support_labels, keys[-1])
     shared = None
     if self.shared_features is not None:
-      shared = dropout(self.shared_features(support_images), self.shared_dropout, keys[-2])
+      with jax.named_scope("shared_features"):   # scopes name the ops in profiles (benchmarks/profile_step.py)
+        shared = dropout(self.shared_features(support_images), self.shared_dropout, keys[-2])
 
     weights, activations, x = [], [], support_images
     for layer, cnn_layer in zip(self.plan.conv_layers, self.cnn_layers):
       generated = None
       if layer.generator is not None:
-        slices = self.generators[str(layer.index)](x, support_labels, shared, sample_mask, keys[layer.index])
+        with jax.named_scope("generator"):
+          slices = self.generators[str(layer.index)](x, support_labels, shared, sample_mask, keys[layer.index])
         generated = token_io.decode_conv(layer, slices)
       weights.append(cnn_layer.weights(generated))
-      x = cnn_layer(x, weights[-1])                        # support pass: support-batch BN statistics
+      with jax.named_scope("cnn_support"):
+        x = cnn_layer(x, weights[-1])                      # support pass: support-batch BN statistics
       activations.append(x)
     logits = self.plan.logits_layer
-    slices = self.generators[str(logits.index)](x, support_labels, shared, sample_mask, keys[logits.index])
+    with jax.named_scope("generator"):
+      slices = self.generators[str(logits.index)](x, support_labels, shared, sample_mask, keys[logits.index])
     weights.append(token_io.decode_logits(logits, slices))
     return weights, activations
 
   def classify(self, weights: Weights, images: jax.Array) -> jax.Array:
     """Query pass of the generated CNN: [Q, H, W, C] -> logits [Q, N] (query-batch BN statistics)."""
     x = images
-    for cnn_layer, layer_weights in zip(self.cnn_layers, weights):
-      x = cnn_layer(x, layer_weights, query_pass=True)
-    return logits_layer(self.plan.logits_layer, x, weights[-1])
+    with jax.named_scope("cnn_query"):
+      for cnn_layer, layer_weights in zip(self.cnn_layers, weights):
+        x = cnn_layer(x, layer_weights, query_pass=True)
+      return logits_layer(self.plan.logits_layer, x, weights[-1])
 
   def __call__(self, support_images, support_labels, query_images, *, key=None, sample_mask=None):
     weights, _ = self.generate(support_images, support_labels, key=key, sample_mask=sample_mask)
