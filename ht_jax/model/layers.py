@@ -29,29 +29,40 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
   return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
+BAND_WIDTH = 14   # output columns per band: at most (14 + k - 1) / k multiplications per useful one
+
+
 def conv2d(x: jax.Array, kernel_matrix: jax.Array, kernel: int, stride: int, padding: str) -> jax.Array:
   """Convolution of [n, H, W, C] with a [k*k*C, O] kernel matrix (an HWIO kernel, flattened),
-  written as ONE dense matmul: each output row (n, y) reads its k input lines, [k*Wp*C], and a
-  banded matrix [k*Wp*C, Wo*O] built from the kernel maps them to the whole output line.
+  written as ONE dense matmul. An output line is cut into blocks of up to BAND_WIDTH columns;
+  each block reads its k input lines over the columns it needs, [k*span*C], and a banded matrix
+  [k*span*C, block*O] built from the kernel maps them to the block's outputs.
 
   Why not lax.conv: every episode of a vmapped batch has its own generated kernel, which XLA:CPU
   lowers to grouped convolutions that run 20-40x slower per episode. Why not im2col: its patch
   matrices are k*k times the input and the matmuls behind them have 8 output columns, so the
-  step is memory bound. The band wastes multiplications on zeros (about Wp/k of them) but
-  copies each input line only k times and gives the matmul wide, cache-friendly operands:
-  1.4x faster than im2col on the Omniglot CNN's forward+backward (benchmarks/README.md).
+  step is memory bound. The band multiplies zeros, (block + k - 1) / k times the useful FLOPs,
+  which is why blocks are capped (one band across an 84-pixel line would be 29x), but copies each
+  input line only about k times and gives the matmul wide operands: 1.4x faster than im2col on
+  the Omniglot CNN's forward+backward (README, Speed).
   """
   n, h, w, c = x.shape
   if padding == "SAME":
     x = jnp.pad(x, ((0, 0), same_padding(h, kernel, stride), same_padding(w, kernel, stride), (0, 0)))
-  hp, wp = x.shape[1], x.shape[2]
-  ho, wo = (hp - kernel) // stride + 1, (wp - kernel) // stride + 1
-  lines = jnp.stack([x[:, i:i + stride * (ho - 1) + 1:stride] for i in range(kernel)], axis=2)  # [n, ho, k, wp, c]
+  ho, wo = (x.shape[1] - kernel) // stride + 1, (x.shape[2] - kernel) // stride + 1
+  block = min(wo, BAND_WIDTH)
+  blocks = -(-wo // block)
+  span = (block - 1) * stride + kernel                       # input columns one block reads
+  needed = (blocks * block - 1) * stride + kernel
+  x = jnp.pad(x, ((0, 0), (0, 0), (0, max(0, needed - x.shape[2])), (0, 0)))   # a ragged last block
+  lines = jnp.stack([x[:, i:i + stride * (ho - 1) + 1:stride] for i in range(kernel)], axis=2)  # [n, ho, k, W, c]
+  windows = jnp.stack([lines[:, :, :, b * block * stride:b * block * stride + span] for b in range(blocks)],
+                      axis=2)                                # [n, ho, blocks, k, span, c]
   # band[i, a, c, b, o] = kernel[i, a - b*stride, c, o] where 0 <= a - b*stride < k, else 0.
-  taps = np.arange(wp)[None, :, None] == np.arange(wo)[None, None, :] * stride + np.arange(kernel)[:, None, None]
+  taps = np.arange(span)[None, :, None] == np.arange(block)[None, None, :] * stride + np.arange(kernel)[:, None, None]
   band = jnp.einsum("jab,ijco->iacbo", taps.astype(x.dtype), kernel_matrix.reshape(kernel, kernel, c, -1))
-  out = lines.reshape(n * ho, kernel * wp * c) @ band.reshape(kernel * wp * c, -1)
-  return out.reshape(n, ho, wo, -1)
+  out = windows.reshape(n * ho * blocks, kernel * span * c) @ band.reshape(kernel * span * c, -1)
+  return out.reshape(n, ho, blocks * block, -1)[:, :, :wo]
 
 
 @jax.custom_vjp
