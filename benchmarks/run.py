@@ -4,7 +4,7 @@ Training throughput of ht_jax and ht_torch at 1, 4, 16 and 64 episodes per step 
 omniglot_1shot_v1, omniglot_5shot_v1 and miniimagenet_1shot_v1; evaluation throughput of both under
 the original protocol; the input pipeline's waiting fraction for Omniglot and 84x84 RGB episodes.
 Writes benchmarks/results/latest.json (one row per measurement; keys in benchmarks.common.ROW_KEYS
-plus details) and prints the tables. About 23.5 minutes on a 2-core CPU (more with --full, which adds
+plus details) and prints the tables. About 23.4 minutes on a 2-core CPU (more with --full, which adds
 miniImageNet at 64 episodes per step); the same command runs on a GPU machine (JAX then uses the
 GPU; torch stays on the CPU, as ht_torch does).
 A measurement that fails (out of memory, for instance) becomes a row with its error.
