@@ -16,17 +16,28 @@ from ht_jax.model.transformer import Transformer
 
 @pytest.mark.parametrize("channels", [1, 4])
 @pytest.mark.parametrize("size,stride,padding", [(28, 1, "SAME"), (28, 2, "SAME"), (21, 2, "SAME"),
-                                                 (13, 2, "VALID"), (7, 1, "VALID"),
+                                                 (13, 2, "VALID"), (7, 1, "VALID"), (3, 1, "SAME"),
                                                  (84, 1, "SAME"), (37, 1, "VALID"), (45, 2, "SAME")])  # several bands, a ragged one
-def test_banded_conv_matches_lax_conv(size, stride, padding, channels):
+def test_banded_conv_and_its_gradients_match_lax_conv(size, stride, padding, channels):
+  """Values, and (under jit, as in training) the gradients for the input and the kernel: stride 1
+  goes through the hand-written overlap-add backward, stride 2 through autodiff."""
   rng = np.random.default_rng(0)
   x = rng.normal(size=(3, size, size, channels)).astype(np.float32)
   kernel = rng.normal(size=(3, 3, channels, 5)).astype(np.float32)   # HWIO
-  expected = jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
-                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  got = conv2d(jnp.asarray(x), jnp.asarray(kernel.reshape(-1, 5)), 3, stride, padding)
+
+  def lax_conv(x, kernel_matrix):
+    return jax.lax.conv_general_dilated(x, kernel_matrix.reshape(3, 3, channels, 5), (stride, stride), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  banded = lambda x, kernel_matrix: conv2d(x, kernel_matrix, 3, stride, padding)
+  args = (jnp.asarray(x), jnp.asarray(kernel.reshape(-1, 5)))
+  expected, got = lax_conv(*args), banded(*args)
   assert got.shape == expected.shape
   np.testing.assert_allclose(got, expected, atol=1e-4)
+  upstream = jnp.asarray(rng.normal(size=expected.shape).astype(np.float32))
+  grads = [jax.jit(jax.grad(lambda x, k: (f(x, k) * upstream).sum(), (0, 1)))(*args) for f in (lax_conv, banded)]
+  for want, have in zip(*grads):
+    np.testing.assert_allclose(have, want, atol=2e-4, rtol=1e-4)
 
 
 def test_max_pool_floors_and_batch_norm_uses_batch_statistics():

@@ -3,6 +3,8 @@ convolution used for generated kernels, max-pool and batch-statistics BatchNorm.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,14 +57,53 @@ def conv2d(x: jax.Array, kernel_matrix: jax.Array, kernel: int, stride: int, pad
   span = (block - 1) * stride + kernel                       # input columns one block reads
   needed = (blocks * block - 1) * stride + kernel
   x = jnp.pad(x, ((0, 0), (0, 0), (0, max(0, needed - x.shape[2])), (0, 0)))   # a ragged last block
-  lines = jnp.stack([x[:, i:i + stride * (ho - 1) + 1:stride] for i in range(kernel)], axis=2)  # [n, ho, k, W, c]
-  windows = jnp.stack([lines[:, :, :, b * block * stride:b * block * stride + span] for b in range(blocks)],
-                      axis=2)                                # [n, ho, blocks, k, span, c]
+  gather = _gather_windows if stride != 1 or block < kernel - 1 else _stride1_windows   # the generated CNNs: stride 1
+  windows = gather(x, kernel, stride, ho, block, blocks)     # [n, ho, blocks, k, span, c]
   # band[i, a, c, b, o] = kernel[i, a - b*stride, c, o] where 0 <= a - b*stride < k, else 0.
   taps = np.arange(span)[None, :, None] == np.arange(block)[None, None, :] * stride + np.arange(kernel)[:, None, None]
   band = jnp.einsum("jab,ijco->iacbo", taps.astype(x.dtype), kernel_matrix.reshape(kernel, kernel, c, -1))
   out = windows.reshape(n * ho * blocks, kernel * span * c) @ band.reshape(kernel * span * c, -1)
   return out.reshape(n, ho, blocks * block, -1)[:, :, :wo]
+
+
+def _gather_windows(x, kernel, stride, ho, block, blocks):
+  """windows[n, y, b, i, a] = x[n, y*stride + i, b*block*stride + a]: for each output line y and
+  block b, the k input lines and `span` columns that block reads."""
+  span = (block - 1) * stride + kernel
+  rows = stride * (ho - 1) + 1
+  return jnp.stack([jnp.stack([x[:, i:i + rows:stride, b * block * stride:b * block * stride + span]
+                               for i in range(kernel)], axis=2) for b in range(blocks)], axis=2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
+def _stride1_windows(x, kernel, stride, ho, block, blocks):
+  """_gather_windows at stride 1 (needs block >= k - 1), with a backward that overlap-adds the
+  copies of each input pixel in one pass. Autodiff of the slices pads every block's cotangent
+  back to the full input and sums them, a full-size copy per block and kernel line: a quarter of
+  the 84x84 training step."""
+  return _gather_windows(x, kernel, stride, ho, block, blocks)
+
+
+def _stride1_windows_forward(x, kernel, stride, ho, block, blocks):
+  return _gather_windows(x, kernel, stride, ho, block, blocks), None
+
+
+def _stride1_windows_backward(kernel, stride, ho, block, blocks, _, g):
+  n, c = g.shape[0], g.shape[-1]
+  h, w = ho + kernel - 1, blocks * block + kernel - 1            # conv2d pads x to exactly this
+  g = g.transpose(0, 1, 3, 2, 4, 5)                              # [n, ho, k, blocks, span, c]
+  # Columns: block b's first `block` columns start at b*block (blocks do not overlap there); its
+  # last k-1 ("halo") columns are the next block's first ones, so they move one block right.
+  main = g[:, :, :, :, :block].reshape(n, ho, kernel, blocks * block, c)
+  halo = jnp.pad(g[:, :, :, :, block:], ((0, 0),) * 4 + ((0, block - kernel + 1), (0, 0)))
+  halo = halo.reshape(n, ho, kernel, blocks * block, c)
+  columns = jnp.pad(main, ((0, 0),) * 3 + ((0, block), (0, 0))) + jnp.pad(halo, ((0, 0),) * 3 + ((block, 0), (0, 0)))
+  columns = columns[:, :, :, :w]                                 # [n, ho, k, w, c]
+  # Lines: output line y read input lines y..y+k-1.
+  return (sum(jnp.pad(columns[:, :, i], ((0, 0), (i, h - ho - i), (0, 0), (0, 0))) for i in range(kernel)),)
+
+
+_stride1_windows.defvjp(_stride1_windows_forward, _stride1_windows_backward)
 
 
 @jax.custom_vjp
