@@ -58,10 +58,11 @@ def training_batches(config, episodes_per_step: int, count: int = 4) -> list[dic
 
 
 def timed_repeats(run_steps: Callable[[int], None], episodes_per_step: int, repeats: int,
-                  seconds_per_repeat: float) -> dict:
+                  seconds_per_repeat: float, prior: dict | None = None) -> dict:
   """Calls run_steps(k) (k steps, returning when they are done) once to estimate a step's time,
   then times `repeats` blocks of k >= 1 steps lasting about `seconds_per_repeat` each. A step
   longer than a repeat makes the estimate itself the first repeat (slow rows cost one step less).
+  `prior`, an earlier result for the same run_steps, keeps its blocks as the first repeats.
   Also reports the process's CPU time over wall time: 2.0 on two busy cores."""
   def timed(k):
     wall, cpu = time.perf_counter(), time.process_time()
@@ -69,14 +70,18 @@ def timed_repeats(run_steps: Callable[[int], None], episodes_per_step: int, repe
     wall = time.perf_counter() - wall
     return k * episodes_per_step / wall, (time.process_time() - cpu) / wall
 
-  first = timed(1)
-  steps = max(1, round(seconds_per_repeat / max(episodes_per_step / first[0], 1e-6)))
-  samples = [first] if steps == 1 else []
+  if prior:
+    steps, samples = prior["steps_per_repeat"], list(zip(prior["repeat_rates"], prior["repeat_cpu_utilisation"]))
+  else:
+    first = timed(1)
+    steps = max(1, round(seconds_per_repeat / max(episodes_per_step / first[0], 1e-6)))
+    samples = [first] if steps == 1 else []
   samples += [timed(steps) for _ in range(repeats - len(samples))]
   rates, utilisation = np.array(samples).T
   return {"episodes_per_s_median": float(np.median(rates)), "episodes_per_s_min": float(np.min(rates)),
-          "episodes_per_s_max": float(np.max(rates)), "repeats": repeats, "steps_per_repeat": steps,
-          "cpu_utilisation": float(np.median(utilisation))}
+          "episodes_per_s_max": float(np.max(rates)), "repeats": len(samples), "steps_per_repeat": steps,
+          "cpu_utilisation": float(np.median(utilisation)), "repeat_rates": rates.tolist(),
+          "repeat_cpu_utilisation": utilisation.tolist()}
 
 
 def peak_rss_mb() -> float:

@@ -4,7 +4,7 @@
 
 One evaluation episode is one task: its support set generates the CNN once, which then classifies
 `eval.num_eval_batches` query batches of `eval.batch_size` (BN statistics per batch). JAX evaluates
-`eval.tasks_per_call` tasks per call (ht_jax.evaluate), torch one task at a time (ht_torch.evaluate);
+`eval.tasks_per_call` tasks per call (ht_jax.evaluate; benchmarks.run passes 1 for 84x84 tasks), torch one task at a time (ht_torch.evaluate);
 the reported episodes_per_step is that. Compilation or the first call is excluded (compile_s).
 Writes benchmarks/results/evaluation_<framework>.json and prints a markdown table.
 """
@@ -38,12 +38,13 @@ def eval_tasks(config, tasks: int) -> tuple[np.ndarray, ...]:
           np.tile(np.arange(q, dtype=np.int32) % n, (tasks, b, 1)))
 
 
-def measure_jax(config_name: str, repeats: int = 5, seconds_per_repeat: float = 1.0) -> dict:
+def measure_jax(config_name: str, repeats: int = 5, seconds_per_repeat: float = 1.0,
+                tasks_per_call: int | None = None) -> dict:
   import jax
   from ht_jax.evaluate import make_task_accuracy_fn
   from ht_jax.train import create_model
   config = common.load_config(config_name)
-  tasks = int(config.eval.tasks_per_call)
+  tasks = int(tasks_per_call or config.eval.tasks_per_call)
   arrays = [jax.device_put(a) for a in eval_tasks(config, tasks)]
   graphdef, params = create_model(config)
   started = time.perf_counter()
@@ -65,7 +66,9 @@ def measure_jax(config_name: str, repeats: int = 5, seconds_per_repeat: float = 
           "query_batch_size": int(config.eval.batch_size)}
 
 
-def measure_torch(config_name: str, repeats: int = 5, seconds_per_repeat: float = 1.0) -> dict:
+def measure_torch(config_name: str, repeats: int = 5, seconds_per_repeat: float = 1.0,
+                  tasks_per_call: int | None = None) -> dict:
+  """ht_torch.evaluate takes one task at a time; `tasks_per_call` is JAX's alone."""
   import torch
   from ht_torch.evaluate import task_predictions
   from ht_torch.model.hypertransformer import HyperTransformer

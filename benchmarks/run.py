@@ -35,8 +35,11 @@ def plan(quick: bool, full: bool = False) -> list[dict]:
     for b in [b for b in episodes if full or not (b == 64 and config.startswith("miniimagenet"))]:
       for framework in ("jax", "torch"):
         items.append({"kind": "train", "framework": framework, "config": config, "episodes": b})
+    # Evaluation "episodes" are JAX's tasks per call, 0 for the config's eval.tasks_per_call. An 84x84
+    # task takes 2.5 s here: the config's 8 per call would make five repeats cost two minutes.
+    tasks = 1 if config.startswith("miniimagenet") else 0
     for framework in ("jax", "torch"):
-      items.append({"kind": "evaluation", "framework": framework, "config": config, "episodes": 0})
+      items.append({"kind": "evaluation", "framework": framework, "config": config, "episodes": tasks})
   items.append({"kind": "input_pipeline", "framework": "jax", "config": "omniglot_1shot_v1", "episodes": 16})
   if not quick:
     items.append({"kind": "input_pipeline", "framework": "jax", "config": "miniimagenet_1shot_v1", "episodes": 4})
@@ -50,17 +53,17 @@ def measure_one(item: dict, repeats: int, seconds: float) -> dict:
     return train.MEASURE[item["framework"]](item["config"], item["episodes"], repeats, seconds)
   if item["kind"] == "evaluation":
     from benchmarks import evaluation
-    return evaluation.MEASURE[item["framework"]](item["config"], repeats, seconds)
+    return evaluation.MEASURE[item["framework"]](item["config"], repeats, seconds, item["episodes"] or None)
   from benchmarks import input_pipeline
-  return input_pipeline.measure(item["config"], item["episodes"], steps=40 if item["episodes"] >= 16 else 20)
+  return input_pipeline.measure(item["config"], item["episodes"], steps=24 if item["episodes"] >= 16 else 10)
 
 
-def run_in_subprocess(item: dict, repeats: int, seconds: float, timeout: float) -> dict:
+def run_in_subprocess(item: dict, repeats: int, seconds: float, timeout: float, env: dict | None = None) -> dict:
   with tempfile.NamedTemporaryFile(suffix=".json") as out:
     command = [sys.executable, "-m", "benchmarks.run", "--one", json.dumps(item), "--out", out.name,
                "--repeats", str(repeats), "--seconds", str(seconds)]
     try:
-      result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=os.environ)
+      result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env or os.environ)
     except subprocess.TimeoutExpired:
       return failed(item, f"took over {timeout:.0f} s")
     if result.returncode != 0:
@@ -94,8 +97,8 @@ def comparison_table(rows: list[dict]) -> str:
     def both(r, key):
       return " / ".join(f"{r[key]:.2f}" if r.get(key) else "-" for r in (j, t))
 
-    modes = " / ".join(f"{t[f'{m}_episodes_per_s_median']:.1f}" for m in ("loop", "vmap")
-                       if t.get(f"{m}_episodes_per_s_median"))
+    modes = " / ".join(f"{t[f'{m}_episodes_per_s']:.1f}" for m in ("loop", "vmap")
+                       if t.get(f"{m}_episodes_per_s"))
     torch_rate = f"{rate(t)}; {t['torch_mode']}; {modes}" if t.get("torch_mode") else rate(t)
     ratio = (f"{j['episodes_per_s_median'] / t['episodes_per_s_median']:.2f}x"
              if j.get("episodes_per_s_median") and t.get("episodes_per_s_median") else "")
@@ -123,10 +126,14 @@ def main():
 
   started, rows = time.perf_counter(), []
   items = plan(args.quick, args.full)
-  for i, item in enumerate(items):
-    print(f"[{i + 1}/{len(items)} {time.perf_counter() - started:5.0f} s] "
-          + " ".join(str(item[k]) for k in PLAN_KEYS), flush=True)
-    rows.append(run_in_subprocess(item, args.repeats, args.seconds, args.timeout))
+  # One JAX compilation cache for this run only: the input-pipeline rows run the training steps
+  # that the training rows compiled (20-30 s each), and every row's compile_s stays a cold compile.
+  with tempfile.TemporaryDirectory(prefix="ht_bench_jax_cache_") as cache:
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache}
+    for i, item in enumerate(items):
+      print(f"[{i + 1}/{len(items)} {time.perf_counter() - started:5.0f} s] "
+            + " ".join(str(item[k]) for k in PLAN_KEYS), flush=True)
+      rows.append(run_in_subprocess(item, args.repeats, args.seconds, args.timeout, env))
   common.RESULTS.mkdir(exist_ok=True)
   out = {"wall_s": time.perf_counter() - started, "rows": rows}
   (common.RESULTS / "latest.json").write_text(json.dumps(out, indent=2))
