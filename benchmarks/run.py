@@ -4,7 +4,7 @@ Training throughput of ht_jax and ht_torch at 1, 4, 16 and 64 episodes per step 
 omniglot_1shot_v1, omniglot_5shot_v1 and miniimagenet_1shot_v1; evaluation throughput of both under
 the original protocol; the input pipeline's waiting fraction for Omniglot and 84x84 RGB episodes.
 Writes benchmarks/results/latest.json (one row per measurement; keys in benchmarks.common.ROW_KEYS
-plus details) and prints the tables. About 23.4 minutes on a 2-core CPU (more with --full, which adds
+plus details) and prints the tables. About 16 minutes on a 2-core CPU (more with --full, which adds
 miniImageNet at 64 episodes per step); the same command runs on a GPU machine (JAX then uses the
 GPU; torch stays on the CPU, as ht_torch does).
 A measurement that fails (out of memory, for instance) becomes a row with its error.
@@ -114,7 +114,7 @@ def main():
   parser.add_argument("--quick", action="store_true", help="omniglot_1shot_v1 at 1 and 16 episodes per step only")
   parser.add_argument("--full", action="store_true", help="also miniimagenet_1shot_v1 at 64 episodes per step")
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--seconds", type=float, default=1.0, help="length of one timed repeat")
+  parser.add_argument("--seconds", type=float, default=0.5, help="length of one timed repeat")
   parser.add_argument("--timeout", type=float, default=480.0, help="seconds before one measurement is abandoned")
   parser.add_argument("--one", help=argparse.SUPPRESS)
   parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -126,10 +126,12 @@ def main():
 
   started, rows = time.perf_counter(), []
   items = plan(args.quick, args.full)
-  # One JAX compilation cache for this run only: the input-pipeline rows run the training steps
-  # that the training rows compiled (20-30 s each), and every row's compile_s stays a cold compile.
+  # One JAX compilation cache for this run only, small programs included: creating the model
+  # compiles ~40 initialisers (10 s in every fresh process, 1.5 s from the cache), and the
+  # input-pipeline rows run training steps that training rows compiled. Every training and
+  # evaluation program is compiled once per run, so each row's compile_s stays a cold compile.
   with tempfile.TemporaryDirectory(prefix="ht_bench_jax_cache_") as cache:
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache}
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     for i, item in enumerate(items):
       print(f"[{i + 1}/{len(items)} {time.perf_counter() - started:5.0f} s] "
             + " ".join(str(item[k]) for k in PLAN_KEYS), flush=True)
