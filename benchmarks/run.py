@@ -42,7 +42,7 @@ def plan(quick: bool, full: bool = False) -> list[dict]:
       items.append({"kind": "evaluation", "framework": framework, "config": config, "episodes": tasks})
   items.append({"kind": "input_pipeline", "framework": "jax", "config": "omniglot_1shot_v1", "episodes": 16})
   if not quick:
-    items.append({"kind": "input_pipeline", "framework": "jax", "config": "miniimagenet_1shot_v1", "episodes": 4})
+    items.append({"kind": "input_pipeline", "framework": "jax", "config": "miniimagenet_1shot_v1", "episodes": 1})
   return items
 
 
@@ -55,7 +55,7 @@ def measure_one(item: dict, repeats: int, seconds: float) -> dict:
     from benchmarks import evaluation
     return evaluation.MEASURE[item["framework"]](item["config"], repeats, seconds, item["episodes"] or None)
   from benchmarks import input_pipeline
-  return input_pipeline.measure(item["config"], item["episodes"], steps=24 if item["episodes"] >= 16 else 10)
+  return input_pipeline.measure(item["config"], item["episodes"], steps=24 if item["episodes"] >= 16 else 20)
 
 
 def run_in_subprocess(item: dict, repeats: int, seconds: float, timeout: float, env: dict | None = None) -> dict:

@@ -9,7 +9,8 @@ measured in the same process. ht_torch is timed both ways the issue allows, loop
 episodes (ht_torch.train.train_step) and batching them (batched_train_step, torch.func.vmap: the
 generated kernels become grouped convolutions): one timed block of each picks the faster
 (torch_mode), which is then timed over all the repeats; the row reports both rates
-(<mode>_episodes_per_s: the faster mode's median, the other's one block).
+(<mode>_episodes_per_s: the faster mode's median, the other's one block, or its first step where
+that alone took over 1.5x the faster's: torch_slower_mode_timed_by).
 Writes benchmarks/results/train_<framework>.json and prints a markdown table.
 """
 
@@ -58,6 +59,15 @@ def measure_jax(config_name: str, episodes_per_step: int, repeats: int = 5, seco
           "matmul_peak_gflops": peak / 1e9, "device": str(jax.devices()[0].device_kind)}
 
 
+def clearly_slower(first_step_s: dict[str, float]) -> set[str]:
+  """The torch modes not worth timing: a first step over 1.5x the fastest mode's and over 2 s
+  (torch does not compile; at that length one-time costs are small against such a gap). The
+  others get one timed block each, which picks the faster; only that one gets the remaining
+  repeats (the slower mode's repeats cost minutes on 84x84 episodes and change no row)."""
+  fastest = min(first_step_s.values())
+  return {m for m, t in first_step_s.items() if t > max(1.5 * fastest, 2.0)}
+
+
 def measure_torch(config_name: str, episodes_per_step: int, repeats: int = 5, seconds_per_repeat: float = 1.0) -> dict:
   import torch
   from ht_torch.model.hypertransformer import HyperTransformer
@@ -69,7 +79,7 @@ def measure_torch(config_name: str, episodes_per_step: int, repeats: int = 5, se
   model = HyperTransformer(config)
   optimizer, scheduler = make_optimizer(model.parameters(), config.train)
   modes = {"loop": train_step} if episodes_per_step == 1 else {"loop": train_step, "vmap": batched_train_step}
-  probes, warmups, runners = {}, {}, {}
+  warmups, runners = {}, {}
   for mode, step in modes.items():
     state = {"i": 0}
 
@@ -82,16 +92,18 @@ def measure_torch(config_name: str, episodes_per_step: int, repeats: int = 5, se
     run_steps(1)
     warmups[mode] = time.perf_counter() - started
     runners[mode] = run_steps
-    probes[mode] = common.timed_repeats(run_steps, episodes_per_step, 1, seconds_per_repeat)
-  # One timed block per mode picks the faster; only that one gets the remaining repeats (the
-  # slower mode's full repeats cost minutes on 84x84 episodes and change no row).
+  untimed = clearly_slower(warmups)
+  probes = {m: common.timed_repeats(runners[m], episodes_per_step, 1, seconds_per_repeat)
+            for m in modes if m not in untimed}
   best = max(probes, key=lambda m: probes[m]["episodes_per_s_median"])
   timing = common.timed_repeats(runners[best], episodes_per_step, repeats, seconds_per_repeat, prior=probes[best])
+  rates = {m: episodes_per_step / warmups[m] if m in untimed else probes[m]["episodes_per_s_median"] for m in modes}
+  rates[best] = timing["episodes_per_s_median"]
   return {"benchmark": "train", "config": config_name, "framework": "torch", "episodes_per_step": episodes_per_step,
           **timing, "torch_mode": best, "compile_s": warmups[best], "peak_rss_mb": common.peak_rss_mb(),
           "flop_fraction_of_matmul_peak": None, "threads": torch.get_num_threads(),
-          **{f"{mode}_episodes_per_s": (timing if mode == best else probe)["episodes_per_s_median"]
-             for mode, probe in probes.items()}}
+          **{f"{m}_episodes_per_s": rate for m, rate in rates.items()},
+          "torch_slower_mode_timed_by": "first step" if untimed else "one timed block"}
 
 
 MEASURE = {"jax": measure_jax, "torch": measure_torch}

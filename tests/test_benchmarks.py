@@ -46,6 +46,13 @@ def test_earlier_repeats_count_toward_the_total():
   assert 60 < timing["episodes_per_s_median"] <= 100                # 2 episodes / 20 ms
 
 
+def test_only_a_much_slower_long_torch_mode_goes_untimed():
+  from benchmarks.train import clearly_slower
+  assert clearly_slower({"loop": 6.0, "vmap": 12.0}) == {"vmap"}      # 84x84: 2x slower, 12 s a step
+  assert clearly_slower({"loop": 6.0, "vmap": 8.0}) == set()          # close: both get a timed block
+  assert clearly_slower({"loop": 0.3, "vmap": 0.9}) == set()          # short steps: one-time costs may dominate
+
+
 def test_one_measurement_in_its_own_process_has_every_documented_key(tmp_path):
   out = tmp_path / "row.json"
   item = {"kind": "train", "framework": "torch", "config": "omniglot_1shot_v1", "episodes": 2}
