@@ -40,6 +40,14 @@ def test_banded_conv_and_its_gradients_match_lax_conv(size, stride, padding, cha
     np.testing.assert_allclose(have, want, atol=2e-4, rtol=1e-4)
 
 
+def test_band_blocks_narrow_with_channels_and_split_a_line_evenly():
+  from ht_jax.model.layers import band_block
+  assert band_block(84, 16) == 6 and band_block(42, 16) == 6      # 96 outputs / 16 channels
+  assert band_block(28, 8) == 10                                  # 3 blocks of 10, not 12 + 12 + 4
+  assert band_block(21, 16) == 6 and band_block(3, 8) == 3        # 4 blocks of 6 (24 columns); a short line
+  assert band_block(84, 1) == 14                                  # capped at BAND_WIDTH
+
+
 def test_max_pool_floors_and_batch_norm_uses_batch_statistics():
   x = jnp.arange(2 * 7 * 7 * 1, dtype=jnp.float32).reshape(2, 7, 7, 1)
   pooled = max_pool_2x2(x)
