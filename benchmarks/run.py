@@ -4,7 +4,7 @@ Training throughput of ht_jax and ht_torch at 1, 4, 16 and 64 episodes per step 
 omniglot_1shot_v1, omniglot_5shot_v1 and miniimagenet_1shot_v1; evaluation throughput of both under
 the original protocol; the input pipeline's waiting fraction for Omniglot and 84x84 RGB episodes.
 Writes benchmarks/results/latest.json (one row per measurement; keys in benchmarks.common.ROW_KEYS
-plus details) and prints the tables. About 16 minutes on a 2-core CPU (more with --full, which adds
+plus details) and prints the tables. About 15 minutes on a 2-core CPU (more with --full, which adds
 miniImageNet at 64 episodes per step); the same command runs on a GPU machine (JAX then uses the
 GPU; torch stays on the CPU, as ht_torch does).
 A measurement that fails (out of memory, for instance) becomes a row with its error.
@@ -55,7 +55,7 @@ def measure_one(item: dict, repeats: int, seconds: float) -> dict:
     from benchmarks import evaluation
     return evaluation.MEASURE[item["framework"]](item["config"], repeats, seconds, item["episodes"] or None)
   from benchmarks import input_pipeline
-  return input_pipeline.measure(item["config"], item["episodes"], steps=24 if item["episodes"] >= 16 else 20)
+  return input_pipeline.measure(item["config"], item["episodes"], steps=16 if item["episodes"] >= 16 else 20)
 
 
 def run_in_subprocess(item: dict, repeats: int, seconds: float, timeout: float, env: dict | None = None) -> dict:
@@ -114,7 +114,7 @@ def main():
   parser.add_argument("--quick", action="store_true", help="omniglot_1shot_v1 at 1 and 16 episodes per step only")
   parser.add_argument("--full", action="store_true", help="also miniimagenet_1shot_v1 at 64 episodes per step")
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--seconds", type=float, default=0.5, help="length of one timed repeat")
+  parser.add_argument("--seconds", type=float, default=0.3, help="length of one timed repeat")
   parser.add_argument("--timeout", type=float, default=480.0, help="seconds before one measurement is abandoned")
   parser.add_argument("--one", help=argparse.SUPPRESS)
   parser.add_argument("--out", help=argparse.SUPPRESS)
