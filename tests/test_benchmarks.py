@@ -12,11 +12,17 @@ from benchmarks import common, run
 from tests.test_train import REPO
 
 
-def test_timed_repeats_reports_the_rate_of_the_timed_blocks():
+def sleeping_steps(seconds_per_step: float):
+  """A stand-in for a training loop: run_steps(k) sleeps k steps; `calls` records each k."""
   calls = []
   def run_steps(k):
     calls.append(k)
-    time.sleep(0.01 * k)           # 10 ms per step
+    time.sleep(seconds_per_step * k)
+  return run_steps, calls
+
+
+def test_timed_repeats_reports_the_rate_of_the_timed_blocks():
+  run_steps, calls = sleeping_steps(0.01)   # 10 ms per step
   timing = common.timed_repeats(run_steps, episodes_per_step=4, repeats=5, seconds_per_repeat=0.05)
   assert calls[0] == 1 and len(calls) == 6 and all(k >= 4 for k in calls[1:])   # estimate, then 5 blocks
   assert timing["episodes_per_s_min"] <= timing["episodes_per_s_median"] <= timing["episodes_per_s_max"]
@@ -25,20 +31,14 @@ def test_timed_repeats_reports_the_rate_of_the_timed_blocks():
 
 
 def test_a_step_longer_than_a_repeat_is_its_own_first_repeat():
-  calls = []
-  def run_steps(k):
-    calls.append(k)
-    time.sleep(0.02 * k)
+  run_steps, calls = sleeping_steps(0.02)
   timing = common.timed_repeats(run_steps, episodes_per_step=1, repeats=5, seconds_per_repeat=0.01)
   assert calls == [1] * 5 and timing["steps_per_repeat"] == 1
   assert 30 < timing["episodes_per_s_median"] <= 50
 
 
 def test_earlier_repeats_count_toward_the_total():
-  calls = []
-  def run_steps(k):
-    calls.append(k)
-    time.sleep(0.02 * k)
+  run_steps, calls = sleeping_steps(0.02)
   probe = common.timed_repeats(run_steps, episodes_per_step=2, repeats=1, seconds_per_repeat=0.01)
   timing = common.timed_repeats(run_steps, episodes_per_step=2, repeats=5, seconds_per_repeat=0.01, prior=probe)
   assert calls == [1] * 5 and timing["repeats"] == 5
