@@ -73,6 +73,33 @@ def test_max_pool_gradient_goes_to_the_first_maximum_as_in_torch():
   assert float(pooled) == pytest.approx(float((ty.detach() * torch.from_numpy(upstream).permute(0, 3, 1, 2)).sum()), rel=1e-6)
 
 
+@pytest.mark.parametrize("name", ["relu", "lrelu"])
+def test_activation_after_the_pool_equals_the_originals_activation_before_it(name):
+  """ConvLayer pools before a monotone activation; the original activates first. Equal values and
+  equal gradients for the input and the kernel, under jit, with ties in the pool windows (integer
+  inputs) and windows whose maximum is negative or zero."""
+  from ht_jax.model.cnn import ConvLayer
+  from ht_jax.model.layers import CNN_LRELU_SLOPE, activation
+  plan = build_plan(omniglot_1shot_v1.get_config()).conv_layers[1]   # 3x3, 8 -> 8, SAME, pooled
+  layer = ConvLayer(plan, name, False, False, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.integers(-2, 2, (4, 9, 9, 8)).astype(np.float32))
+  kernel = jnp.asarray(rng.integers(-1, 2, (72, 8)).astype(np.float32))
+  upstream = rng.normal(size=(4, 4, 4, 8)).astype(np.float32)
+
+  def original_order(x, k):
+    y = max_pool_2x2(activation(name, CNN_LRELU_SLOPE)(conv2d(x, k, 3, 1, "SAME")))
+    return batch_norm(y, layer.bn_scale[...], layer.bn_bias[...])
+
+  results = [jax.jit(jax.value_and_grad(lambda x, k: (f(x, k) * upstream).sum(), (0, 1)))(x, kernel)
+             for f in (original_order, lambda x, k: layer(x, {"kernel": k}))]
+  (want, want_grads), (got, got_grads) = results
+  assert float(jnp.sum(got_grads[0] != 0)) > 0.2 * x.size     # the pool routes to many inputs
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  for have, expected in zip(got_grads, want_grads):
+    np.testing.assert_allclose(have, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_decode_conv_output_allocation_is_hwio_row_major():
   c = omniglot_1shot_v1.get_config()
   c.model.lw_generate_bias = c.model.lw_generate_bn = True

@@ -14,9 +14,13 @@ from flax import nnx
 from ht_jax.model.layers import CNN_LRELU_SLOPE, activation, batch_norm, conv2d, max_pool_2x2
 from ht_jax.model.plan import ConvLayerPlan, LogitsLayerPlan
 
+# Activations that commute with a max-pool: max(f(a), f(b)) = f(max(a, b)) for non-decreasing f.
+MONOTONE_ACTIVATIONS = ("relu", "lrelu")
+
 
 class ConvLayer(nnx.Module):
-  """conv (no bias unless generated) -> activation -> optional 2x2 max-pool -> batch-stat BN."""
+  """conv (no bias unless generated) -> activation -> optional 2x2 max-pool -> batch-stat BN
+  (a monotone activation is applied after the pool: equal, and cheaper)."""
 
   def __init__(self, plan: ConvLayerPlan, activation_name: str, separate_evaluation_bn: bool,
                add_trainable_weights: bool, *, rngs: nnx.Rngs):
@@ -52,10 +56,18 @@ class ConvLayer(nnx.Module):
       y = conv2d(x, weights["kernel"], p.kernel, p.stride, p.padding)
     if "bias" in weights:
       y = y + weights["bias"]
-    y = activation(self.activation_name, CNN_LRELU_SLOPE)(y)
+    act = activation(self.activation_name, CNN_LRELU_SLOPE)
+    # The original activates, then pools. A monotone activation gives the same values (and the
+    # same gradients: the pool routes to the same first maximum) when applied after the pool, on a
+    # map 4x smaller: one pass over the full-size conv output fewer, 1.07x the Omniglot step (README).
+    pool_first = p.pool and self.activation_name in MONOTONE_ACTIVATIONS
+    if not pool_first:
+      y = act(y)
     if p.pool:
       with jax.named_scope("max_pool"):
         y = max_pool_2x2(y)
+    if pool_first:
+      y = act(y)
     if p.generate_bn:
       scale, bias = weights["bn_scale"], weights["bn_bias"]
     elif query_pass and hasattr(self, "eval_bn_scale"):

@@ -60,14 +60,13 @@ def conv2d(x: jax.Array, kernel_matrix: jax.Array, kernel: int, stride: int, pad
   the Omniglot CNN's forward+backward (README, Speed).
   """
   n, h, w, c = x.shape
-  if padding == "SAME":
-    x = jnp.pad(x, ((0, 0), same_padding(h, kernel, stride), same_padding(w, kernel, stride), (0, 0)))
-  ho, wo = (x.shape[1] - kernel) // stride + 1, (x.shape[2] - kernel) // stride + 1
+  pad_h, pad_w = (same_padding(h, kernel, stride), same_padding(w, kernel, stride)) if padding == "SAME" else ((0, 0),) * 2
+  ho, wo = (h + sum(pad_h) - kernel) // stride + 1, (w + sum(pad_w) - kernel) // stride + 1
   block = band_block(wo, kernel_matrix.shape[-1])
   blocks = -(-wo // block)
   span = (block - 1) * stride + kernel                       # input columns one block reads
-  needed = (blocks * block - 1) * stride + kernel
-  x = jnp.pad(x, ((0, 0), (0, 0), (0, max(0, needed - x.shape[2])), (0, 0)))   # a ragged last block
+  needed = (blocks * block - 1) * stride + kernel            # more than w + pad_w for a ragged last block
+  x = jnp.pad(x, ((0, 0), pad_h, (pad_w[0], max(pad_w[1], needed - w - pad_w[0])), (0, 0)))   # one pass
   gather = _gather_windows if stride != 1 or block < kernel - 1 else _stride1_windows   # the generated CNNs: stride 1
   windows = gather(x, kernel, stride, ho, block, blocks)     # [n, ho, blocks, k, span, c]
   # band[i, a, c, b, o] = kernel[i, a - b*stride, c, o] where 0 <= a - b*stride < k, else 0.
