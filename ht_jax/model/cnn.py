@@ -59,7 +59,7 @@ class ConvLayer(nnx.Module):
     act = activation(self.activation_name, CNN_LRELU_SLOPE)
     # The original activates, then pools. A monotone activation gives the same values (and the
     # same gradients: the pool routes to the same first maximum) when applied after the pool, on a
-    # map 4x smaller: one pass over the full-size conv output fewer, 1.07x the Omniglot step (README).
+    # map 4x smaller: one pass over the full-size conv output fewer, 1.06x the Omniglot step (README).
     pool_first = p.pool and self.activation_name in MONOTONE_ACTIVATIONS
     if not pool_first:
       y = act(y)

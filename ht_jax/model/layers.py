@@ -60,7 +60,8 @@ def conv2d(x: jax.Array, kernel_matrix: jax.Array, kernel: int, stride: int, pad
   the Omniglot CNN's forward+backward (README, Speed).
   """
   n, h, w, c = x.shape
-  pad_h, pad_w = (same_padding(h, kernel, stride), same_padding(w, kernel, stride)) if padding == "SAME" else ((0, 0),) * 2
+  pad_h, pad_w = ((same_padding(h, kernel, stride), same_padding(w, kernel, stride)) if padding == "SAME"
+                  else ((0, 0), (0, 0)))
   ho, wo = (h + sum(pad_h) - kernel) // stride + 1, (w + sum(pad_w) - kernel) // stride + 1
   block = band_block(wo, kernel_matrix.shape[-1])
   blocks = -(-wo // block)

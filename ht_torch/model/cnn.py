@@ -49,6 +49,7 @@ class ConvLayer(nn.Module):
     y = conv2d(x, weights["kernel"], p.kernel, p.stride, p.padding)
     if "bias" in weights:
       y = y + weights["bias"][None, :, None, None]
+    # The original order; ht_jax pools before a monotone activation (equal numbers, fewer passes).
     y = activation(self.activation_name, CNN_LRELU_SLOPE)(y)
     if p.pool:
       y = max_pool_2x2(y)
