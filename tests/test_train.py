@@ -127,3 +127,41 @@ def test_short_training_on_real_omniglot_beats_chance(tmp_path):
   test = result["splits"]["test"]
   assert test["tasks"] == 40
   assert test["accuracy"] - test["ci95"] > 0.35, test
+
+
+def test_episode_groups_change_the_schedule_not_the_numbers():
+  """5 episodes in 3 uneven slices (1, 2, 2) and in one vmap: the same loss, metrics and
+  gradients, with dropout on so that every episode must also keep its own random key."""
+  from ht_jax.train import create_model, make_loss_fn
+  from benchmarks.common import training_batches
+  config = small_config(episodes_per_step=5)
+  config.model.dropout_rate = 0.2
+  batch = training_batches(config, 5)[0]
+  graphdef, params = create_model(config)
+  key = jax.random.key(3)
+  results = {}
+  for groups in (1, 3):
+    value_and_grad = jax.jit(jax.value_and_grad(make_loss_fn(graphdef, config, groups), has_aux=True))
+    (loss, metrics), grads = value_and_grad(params, batch, key)
+    results[groups] = {"loss": loss, "metrics": metrics, "grads": grads}
+  assert float(results[1]["loss"]) > 0
+  # Float sums in another order: within 2e-5 of the largest entry (some gradients are ~1e-9 noise).
+  scale = max(float(np.max(np.abs(x))) for x in jax.tree_util.tree_leaves(results[1]))
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * scale),
+                         results[1], results[3])
+
+
+def test_automatic_episode_groups_only_split_one_cpu_device():
+  from types import SimpleNamespace
+  from ht_jax.model.plan import ConfigError
+  from ht_jax.train import episode_groups
+  train = small_config().train
+  for batch, expected in ((1, 1), (3, 3), (16, 4)):
+    train.episodes_per_step = batch
+    assert episode_groups(train) == expected
+  assert episode_groups(train, SimpleNamespace(size=8)) == 1   # each device has its own slice
+  train.episode_groups = 6
+  assert episode_groups(train, SimpleNamespace(size=8)) == 6
+  train.episode_groups = -1
+  with pytest.raises(ConfigError, match="train.episode_groups=-1 is negative"):
+    episode_groups(train)
