@@ -56,12 +56,8 @@ def initial_state(config) -> tuple[nnx.GraphDef, dict]:
 
 
 def make_loss_fn(graphdef, config, episode_groups: int = 1):
-  """(params, batch, key) -> (mean loss over the batch's episodes, mean metrics).
-
-  episode_groups > 1 vmaps the batch as that many independent slices: XLA:CPU runs each fused
-  op on one thread and finds its parallelism only between independent ops, which the slices are.
-  The per-episode numbers are the same; only the schedule changes.
-  """
+  """(params, batch, key) -> (mean loss over the batch's episodes, mean metrics); the episodes
+  are vmapped in `episode_groups` independent slices (parallel.vmap_in_groups)."""
   model_cfg = config.model
   random = uses_randomness(model_cfg)
 
@@ -69,33 +65,21 @@ def make_loss_fn(graphdef, config, episode_groups: int = 1):
     model = nnx.merge(graphdef, params)
     def one(sx, sy, qx, qy, k):
       return episode_loss(model, model_cfg, sx, sy, qx, qy, key=k if random else None)
-    episodes = batch["support_images"].shape[0]
-    args = (batch["support_images"], batch["support_labels"], batch["query_images"],
-            batch["query_labels"], jax.random.split(key, episodes))
-    groups = min(episode_groups, episodes)
-    bounds = [g * episodes // groups for g in range(groups + 1)]
-    per_group = [jax.vmap(one)(*(a[lo:hi] for a in args)) for lo, hi in zip(bounds, bounds[1:])]
-    losses, metrics = jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *per_group)
+    keys = jax.random.split(key, batch["support_images"].shape[0])
+    losses, metrics = parallel.vmap_in_groups(one, episode_groups)(
+        batch["support_images"], batch["support_labels"], batch["query_images"], batch["query_labels"], keys)
     return losses.mean(), jax.tree_util.tree_map(jnp.mean, metrics)
 
   return loss_fn
 
 
-AUTO_EPISODE_GROUPS_CAP = 4   # more groups compile longer (about 2.3x at 4, 5x at 8) for a few % more
-
-
 def episode_groups(train_cfg, mesh=None) -> int:
-  """train.episode_groups, or for 0 (auto) min(episodes_per_step, 4) on one CPU device and 1
-  elsewhere: a GPU or TPU runs each op across the whole chip, and on a mesh of several devices
-  every device already works on its own slice."""
+  """train.episode_groups, or for 0 the automatic count (parallel.auto_groups)."""
   groups = int(train_cfg.episode_groups)
   if groups < 0:
     raise ConfigError(f"train.episode_groups={groups} is negative; set it to 0 (automatic) or to "
                       f"the number of independent slices to vmap a step's episodes in.")
-  if groups:
-    return groups
-  one_cpu = (mesh is None or mesh.size == 1) and jax.default_backend() == "cpu"
-  return min(int(train_cfg.episodes_per_step), AUTO_EPISODE_GROUPS_CAP) if one_cpu else 1
+  return groups or parallel.auto_groups(int(train_cfg.episodes_per_step), mesh)
 
 
 def make_train_step(graphdef, config, tx, mesh=None):
@@ -119,8 +103,9 @@ def make_accuracy_fn(graphdef, mesh=None):
     model = nnx.merge(graphdef, params)
     def one(sx, sy, qx, qy):
       return jnp.mean(jnp.argmax(model(sx, sy, qx), -1) == qy)
-    return jax.vmap(one)(batch["support_images"], batch["support_labels"],
-                         batch["query_images"], batch["query_labels"]).mean()
+    groups = parallel.auto_groups(batch["support_images"].shape[0], mesh)
+    return parallel.vmap_in_groups(one, groups)(batch["support_images"], batch["support_labels"],
+                                                batch["query_images"], batch["query_labels"]).mean()
   return parallel.jit(accuracy, mesh, batch_argnums=(1,))
 
 

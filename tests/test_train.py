@@ -130,8 +130,9 @@ def test_short_training_on_real_omniglot_beats_chance(tmp_path):
 
 
 def test_episode_groups_change_the_schedule_not_the_numbers():
-  """5 episodes in 3 uneven slices (1, 2, 2) and in one vmap: the same loss, metrics and
-  gradients, with dropout on so that every episode must also keep its own random key."""
+  """5 episodes in 3 uneven slices (1, 2, 2; the single episode traced without vmap, its
+  convolutions lax.conv) and in one vmap: the same loss, metrics and gradients, with dropout on
+  so that every episode must also keep its own random key."""
   from ht_jax.train import create_model, make_loss_fn
   from benchmarks.common import training_batches
   config = small_config(episodes_per_step=5)

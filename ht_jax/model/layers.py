@@ -3,6 +3,8 @@ convolution used for generated kernels, max-pool and batch-statistics BatchNorm.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import jax
@@ -45,6 +47,22 @@ def band_block(out_width: int, out_channels: int) -> int:
   return -(-out_width // blocks)
 
 
+_ONE_EPISODE = contextvars.ContextVar("one_episode", default=False)
+
+
+@contextlib.contextmanager
+def one_episode_trace():
+  """Declares that what is traced inside runs for ONE episode, outside any vmap, so that conv2d
+  may use lax.conv: with a single kernel XLA:CPU runs it as one multi-threaded convolution, faster
+  than the band on wide maps (README, Speed). Numbers do not depend on it; vmapping what is
+  traced inside stays correct, only slow (grouped convolutions)."""
+  token = _ONE_EPISODE.set(True)
+  try:
+    yield
+  finally:
+    _ONE_EPISODE.reset(token)
+
+
 def conv2d(x: jax.Array, kernel_matrix: jax.Array, kernel: int, stride: int, padding: str) -> jax.Array:
   """Convolution of [n, H, W, C] with a [k*k*C, O] kernel matrix (an HWIO kernel, flattened),
   written as ONE dense matmul. An output line is cut into blocks (band_block);
@@ -52,13 +70,17 @@ def conv2d(x: jax.Array, kernel_matrix: jax.Array, kernel: int, stride: int, pad
   [k*span*C, block*O] built from the kernel maps them to the block's outputs.
 
   Why not lax.conv: every episode of a vmapped batch has its own generated kernel, which XLA:CPU
-  lowers to grouped convolutions that run 20-40x slower per episode. Why not im2col: its patch
+  lowers to grouped convolutions that run 20-40x slower per episode (one_episode_trace: lax.conv
+  where the trace holds a single episode). Why not im2col: its patch
   matrices are k*k times the input and the matmuls behind them have 8 output columns, so the
   step is memory bound. The band multiplies zeros, (block + k - 1) / k times the useful FLOPs,
   which is why blocks are capped (one band across an 84-pixel line would be 29x), but copies each
   input line only about k times and gives the matmul wide operands: 1.4x faster than im2col on
   the Omniglot CNN's forward+backward (README, Speed).
   """
+  if _ONE_EPISODE.get():
+    return jax.lax.conv_general_dilated(x, kernel_matrix.reshape(kernel, kernel, x.shape[-1], -1),
+                                        (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
   n, h, w, c = x.shape
   pad_h, pad_w = ((same_padding(h, kernel, stride), same_padding(w, kernel, stride)) if padding == "SAME"
                   else ((0, 0), (0, 0)))
