@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+from ht_jax import allocator
+
 RESULTS = pathlib.Path(__file__).parent / "results"
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Inside a checkout with the project's shared data beside it, use that copy (as the scripts do).
@@ -81,7 +83,7 @@ def timed_repeats(run_steps: Callable[[int], None], episodes_per_step: int, repe
   return {"episodes_per_s_median": float(np.median(rates)), "episodes_per_s_min": float(np.min(rates)),
           "episodes_per_s_max": float(np.max(rates)), "repeats": len(samples), "steps_per_repeat": steps,
           "cpu_utilisation": float(np.median(utilisation)), "repeat_rates": rates.tolist(),
-          "repeat_cpu_utilisation": utilisation.tolist()}
+          "repeat_cpu_utilisation": utilisation.tolist(), "allocator": allocator.active()}
 
 
 def peak_rss_mb() -> float:

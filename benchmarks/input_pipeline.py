@@ -12,6 +12,10 @@ Writes benchmarks/results/input_pipeline.json and prints a markdown table.
 
 from __future__ import annotations
 
+if __name__ == "__main__":   # first, before jax or torch loads: the command restarts with mimalloc
+  from ht_jax.allocator import restart_with_mimalloc   # (ht_jax/allocator.py; HT_ALLOCATOR=system: off)
+  restart_with_mimalloc()
+
 import argparse
 import time
 
@@ -75,7 +79,7 @@ def measure(config_name: str, episodes_per_step: int, steps: int) -> dict:
           "episodes_per_step": episodes_per_step, "episodes_per_s_median": steps * episodes_per_step / total,
           "episodes_per_s_min": steps * episodes_per_step / total, "episodes_per_s_max": steps * episodes_per_step / total,
           "peak_rss_mb": common.peak_rss_mb(), "flop_fraction_of_matmul_peak": None,
-          "data_wait_fraction": waited / total, "sampler_episodes_per_s_one_thread": episodes_per_step / sample_s,
+          "allocator": common.allocator.active(), "data_wait_fraction": waited / total, "sampler_episodes_per_s_one_thread": episodes_per_step / sample_s,
           "image_shape": list(sampler.dataset.image_shape), "steps": steps}
 
 

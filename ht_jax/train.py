@@ -8,6 +8,10 @@ checkpoints resumes from the latest one and continues exactly as if it had never
 
 from __future__ import annotations
 
+if __name__ == "__main__":   # first, before jax or torch loads: the command restarts with mimalloc
+  from ht_jax.allocator import restart_with_mimalloc   # (ht_jax/allocator.py; HT_ALLOCATOR=system: off)
+  restart_with_mimalloc()
+
 import json
 import pathlib
 import signal

@@ -7,6 +7,10 @@ same JSON: {"step", "ways", "shots", "unlabelled_per_class", "splits": {name: {"
 
 from __future__ import annotations
 
+if __name__ == "__main__":   # first, before jax or torch loads: the command restarts with mimalloc
+  from ht_jax.allocator import restart_with_mimalloc   # (ht_jax/allocator.py; HT_ALLOCATOR=system: off)
+  restart_with_mimalloc()
+
 import json
 import pathlib
 

@@ -16,3 +16,6 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
 fi
 PY="$VENV/bin/python"
 cd "$ROOT"
+# mimalloc as malloc for everything started from here (ht_jax/allocator.py: 1.3x faster steps on
+# the CPU); HT_ALLOCATOR=system keeps glibc's.
+eval "$("$PY" -m ht_jax.allocator)"

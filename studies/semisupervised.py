@@ -12,6 +12,10 @@ an arm whose run finished is not trained again. Writes OUT/study.json, OUT/study
 
 from __future__ import annotations
 
+if __name__ == "__main__":   # first, before jax or torch loads: the command restarts with mimalloc
+  from ht_jax.allocator import restart_with_mimalloc   # (ht_jax/allocator.py; HT_ALLOCATOR=system: off)
+  restart_with_mimalloc()
+
 import argparse
 import json
 import os
