@@ -163,3 +163,27 @@ def test_two_processes_match_one_process_stop_together_and_resume(tmp_path, proc
   assert f"{stopped_at}/{final}" in (logs / "resumed0.log").read_text()   # the bar started at the checkpoint
   assert "step/s" not in (logs / "resumed1.log").read_text()
   print(f"stopped after step {stopped_at}, resumed to {final}: params {params_diff:.1e}, losses {loss_diff:.1e}")
+
+
+def test_cpu_jit_gives_single_convolutions_to_eigen_not_ynnpack_with_equal_results():
+  """parallel.jit's CPU compiler options (the 84x84 step 1.4x faster, README): XLA's default set
+  of YNNPACK fusions less single convolutions. The kernel gradient must not be a YNNPACK fusion."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from ht_jax import parallel
+  rng = np.random.default_rng(0)   # a conv large enough for XLA to give YNNPACK by default
+  x, k = jnp.asarray(rng.normal(size=(20, 32, 32, 3)), jnp.float32), jnp.asarray(rng.normal(size=(3, 3, 3, 8)), jnp.float32)
+
+  def loss(x, k):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(jnp.tanh(y))
+
+  grad = jax.grad(loss, argnums=(0, 1))
+  ours, default = parallel.jit(grad, None, ()), jax.jit(grad)
+  def ynn_fusions(compiled):   # a conv, its two gradients and elementwise work: no YNNPACK dot or reduce
+    text = compiled.lower(x, k).compile().as_text()
+    return sum("__ynn_fusion" in line and "fusion(" in line for line in text.splitlines())
+  assert ynn_fusions(default) >= 1 and ynn_fusions(ours) == 0
+  for a, b in zip(ours(x, k), default(x, k)):   # sums of 20k terms in another order: float32 rounding
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
