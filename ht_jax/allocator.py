@@ -58,24 +58,29 @@ def active() -> str:
 
 
 def environment(base: dict[str, str] | None = None) -> dict[str, str]:
-  """`base` (default os.environ) with mimalloc preloaded, for a child process; unchanged where it
-  is not wanted or not installed."""
+  """`base` (default os.environ) for a child process: with mimalloc preloaded, or with it taken
+  out of LD_PRELOAD under HT_ALLOCATOR=system; unchanged where it is not installed."""
   env = dict(os.environ if base is None else base)
   path = library()
-  if path is None or not wanted(env):
+  if path is None:
     return env
-  preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p]
-  if str(path) not in preload:
-    env["LD_PRELOAD"] = ":".join([str(path), *preload])
-  for key, value in SETTINGS.items():
-    env.setdefault(key, value)
+  preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p and p != str(path)]
+  if wanted(env):
+    preload.insert(0, str(path))
+    for key, value in SETTINGS.items():
+      env.setdefault(key, value)
+  if preload:
+    env["LD_PRELOAD"] = ":".join(preload)
+  else:
+    env.pop("LD_PRELOAD", None)
   return env
 
 
 def restart_with_mimalloc() -> None:
-  """Re-executes this command with mimalloc preloaded, if it is wanted, installed and not loaded
-  yet; returns otherwise. Call it first in an entry point's `__main__`, before any work."""
-  if active() == "mimalloc" or os.environ.get(_RESTARTED) or not wanted() or library() is None:
+  """Re-executes this command with the allocator HT_ALLOCATOR asks for (mimalloc by default) if it
+  runs with the other one; returns otherwise. Call it first in an entry point's `__main__`."""
+  want = wanted() and library() is not None
+  if (active() == "mimalloc") == want or os.environ.get(_RESTARTED):
     return
   env = environment()
   env[_RESTARTED] = "1"
@@ -85,7 +90,8 @@ def restart_with_mimalloc() -> None:
 
 
 if __name__ == "__main__":
-  # `eval "$(python -m ht_jax.allocator)"` in a shell: exports mimalloc's preload for what it runs.
+  # `eval "$(python -m ht_jax.allocator)"` in a shell: sets the preload for what the shell runs.
   import shlex
-  extra = {k: v for k, v in environment().items() if os.environ.get(k) != v}
-  print("".join(f"export {k}={shlex.quote(v)}\n" for k, v in extra.items()), end="")
+  env = environment()
+  print("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items() if os.environ.get(k) != v)
+        + "".join(f"unset {k}\n" for k in os.environ if k not in env), end="")

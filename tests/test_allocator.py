@@ -37,9 +37,11 @@ def test_environment_preloads_the_library_and_keeps_other_preloads():
   assert allocator.environment(env)["LD_PRELOAD"] == env["LD_PRELOAD"]     # not preloaded twice
 
 
-def test_system_choice_leaves_the_environment_alone_and_a_bad_choice_is_one_sentence():
+def test_system_choice_takes_mimalloc_out_and_a_bad_choice_is_one_sentence():
   base = plain_environment(HT_ALLOCATOR="system")
   assert allocator.environment(base) == base
+  preloaded = allocator.environment(plain_environment(LD_PRELOAD="/other/lib.so"))
+  assert allocator.environment({**preloaded, "HT_ALLOCATOR": "system"})["LD_PRELOAD"] == "/other/lib.so"
   with pytest.raises(ValueError, match="HT_ALLOCATOR='tcmalloc' is not an allocator: set it to mimalloc or system"):
     allocator.environment(plain_environment(HT_ALLOCATOR="tcmalloc"))
 
@@ -52,9 +54,12 @@ print(allocator.active(), os.environ.get("MIMALLOC_PURGE_DELAY", "-"))
 """
 
 
-def test_an_entry_point_restarts_itself_with_mimalloc(tmp_path):
+def test_an_entry_point_restarts_itself_with_the_allocator_asked_for(tmp_path):
   assert run_python(CHILD_RESTARTS, plain_environment(), tmp_path) == "mimalloc -1"
   assert run_python(CHILD_RESTARTS, plain_environment(HT_ALLOCATOR="system"), tmp_path) == "system -"
+  # A parent's preload (scripts/_venv.sh exports one) does not override HT_ALLOCATOR=system.
+  preloaded = {**allocator.environment(plain_environment()), "HT_ALLOCATOR": "system"}
+  assert run_python(CHILD_RESTARTS, preloaded, tmp_path).split()[0] == "system"
 
 
 CHILD_FAULTS = """
