@@ -4,7 +4,7 @@ Why: XLA:CPU (and torch) allocate a step's buffers anew at every step. glibc's m
 freed blocks back to the kernel (munmap), so the next step faults every page in again and the
 kernel zeroes it: on omniglot_1shot_v1 at 16 episodes per step that was 47,000 page faults and
 75 ms of kernel time per 200 ms step. mimalloc, told never to return freed memory
-(MIMALLOC_PURGE_DELAY=-1), reuses it: no faults, the step 1.3x faster (README, Speed). The cost
+(MIMALLOC_PURGE_DELAY=-1), reuses it: no faults, the step 1.3-1.9x faster (README, Speed). The cost
 is that the process keeps its peak memory until it exits.
 
 A malloc can only be replaced before the process starts (LD_PRELOAD), so the entry points call
@@ -79,7 +79,10 @@ def environment(base: dict[str, str] | None = None) -> dict[str, str]:
 def restart_with_mimalloc() -> None:
   """Re-executes this command with the allocator HT_ALLOCATOR asks for (mimalloc by default) if it
   runs with the other one; returns otherwise. Call it first in an entry point's `__main__`."""
-  want = wanted() and library() is not None
+  try:
+    want = wanted() and library() is not None
+  except ValueError as e:     # a bad HT_ALLOCATOR: its one sentence, no traceback
+    sys.exit(f"error: {e}")
   if (active() == "mimalloc") == want or os.environ.get(_RESTARTED):
     return
   env = environment()
@@ -92,6 +95,9 @@ def restart_with_mimalloc() -> None:
 if __name__ == "__main__":
   # `eval "$(python -m ht_jax.allocator)"` in a shell: sets the preload for what the shell runs.
   import shlex
-  env = environment()
+  try:
+    env = environment()
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   print("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items() if os.environ.get(k) != v)
         + "".join(f"unset {k}\n" for k in os.environ if k not in env), end="")

@@ -84,3 +84,12 @@ def test_mimalloc_stops_every_call_faulting_its_temporary_buffer_in_again(tmp_pa
   pages = 4096 * 4096 * 4 / 4096
   assert float(system_faults) > 0.5 * pages          # glibc: the 64 MB buffer is new at every call
   assert float(mimalloc_faults) < 0.02 * pages       # mimalloc: reused (16,392 against 0.1 measured here)
+
+
+def test_a_bad_choice_ends_an_entry_point_with_its_sentence(tmp_path):
+  script = tmp_path / "child.py"
+  script.write_text(CHILD_RESTARTS)
+  result = subprocess.run([sys.executable, str(script)], env=plain_environment(HT_ALLOCATOR="tcmalloc"),
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 1
+  assert result.stderr.strip() == "error: HT_ALLOCATOR='tcmalloc' is not an allocator: set it to mimalloc or system."
