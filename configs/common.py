@@ -99,7 +99,8 @@ def base_config() -> ml_collections.ConfigDict:
   t.episodes_per_step = 1           # episodes vmapped per step; 1 reproduces the original
   t.episode_groups = 0              # the step's episodes vmapped in this many independent slices
                                     # (speed only); 0: automatic, min(episodes_per_step, 4) on one
-                                    # CPU device, 1 elsewhere (ht_jax/parallel.py:vmap_in_groups)
+                                    # CPU device (16 for images of 64 pixels and more), 1 elsewhere
+                                    # (ht_jax/parallel.py:auto_groups)
   t.optimizer = "sgd"               # sgd (the original) | adam
   t.learning_rate = 1e-3
   t.learning_rate_decay_steps = 10000.0

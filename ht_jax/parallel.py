@@ -145,15 +145,25 @@ class StopAgreement:
 
 # --- Episode groups: parallelism inside one CPU device -------------------------------------------
 
-AUTO_GROUPS_CAP = 4   # more compile longer: 16 single episodes took 167 s against 30 s, for 1.08x
+AUTO_GROUPS_CAP = 4   # more compile longer: 16 single episodes took 81 s against 17 s, for 1.05x
+# From this image size on, every episode is a group of its own (up to SINGLE_EPISODE_CAP): its
+# convolutions then run as lax.conv, which beats the band on 84x84 maps (miniImageNet at 16
+# episodes per step 6.0 -> 10.5 episodes/s, compile 27 -> 72 s); on Omniglot's 28x28 the band is
+# as fast (README, Speed).
+SINGLE_EPISODE_IMAGE_SIZE = 64
+SINGLE_EPISODE_CAP = 16
 
 
-def auto_groups(batch: int, mesh: Mesh | None = None) -> int:
-  """min(batch, 4) on one CPU device, else 1: XLA:CPU runs each fused op on one thread and finds
-  its parallelism only between independent ops, which independent groups of episodes are; a GPU
-  or TPU spreads every op over the chip, and on a mesh each device already has its own slice."""
+def auto_groups(batch: int, mesh: Mesh | None = None, image_size: int = 0) -> int:
+  """On one CPU device min(batch, 4), or for images of SINGLE_EPISODE_IMAGE_SIZE and more
+  min(batch, 16); else 1. XLA:CPU runs each fused op on one thread and finds its parallelism
+  only between independent ops, which independent groups of episodes are; a GPU or TPU spreads
+  every op over the chip, and on a mesh each device already has its own slice."""
   one_cpu = (mesh is None or mesh.size == 1) and jax.default_backend() == "cpu"
-  return max(1, min(int(batch), AUTO_GROUPS_CAP)) if one_cpu else 1
+  if not one_cpu:
+    return 1
+  cap = SINGLE_EPISODE_CAP if image_size >= SINGLE_EPISODE_IMAGE_SIZE else AUTO_GROUPS_CAP
+  return max(1, min(int(batch), cap))
 
 
 def vmap_in_groups(fn, groups: int):

@@ -161,6 +161,9 @@ def test_automatic_episode_groups_only_split_one_cpu_device():
     train.episodes_per_step = batch
     assert episode_groups(train) == expected
   assert episode_groups(train, SimpleNamespace(size=8)) == 1   # each device has its own slice
+  for batch, expected in ((4, 4), (16, 16), (64, 16)):          # 84x84: single episodes, lax.conv
+    train.episodes_per_step = batch
+    assert episode_groups(train, None, 84) == expected
   train.episode_groups = 6
   assert episode_groups(train, SimpleNamespace(size=8)) == 6
   train.episode_groups = -1
