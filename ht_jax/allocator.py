@@ -4,7 +4,7 @@ Why: XLA:CPU (and torch) allocate a step's buffers anew at every step. glibc's m
 freed blocks back to the kernel (munmap), so the next step faults every page in again and the
 kernel zeroes it: on omniglot_1shot_v1 at 16 episodes per step that was 47,000 page faults and
 75 ms of kernel time per 200 ms step. mimalloc, told never to return freed memory
-(MIMALLOC_PURGE_DELAY=-1), reuses it: no faults, the step 1.3-1.9x faster (README, Speed). The cost
+(MIMALLOC_PURGE_DELAY=-1), reuses it: no faults, the step 1.3-1.6x faster (README, Speed). The cost
 is that the process keeps its peak memory until it exits.
 
 A malloc can only be replaced before the process starts (LD_PRELOAD), so the entry points call
