@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from benchmarks import common
+from ht_jax import allocator
 
 
 def sampler_for(config):
@@ -79,7 +80,7 @@ def measure(config_name: str, episodes_per_step: int, steps: int) -> dict:
           "episodes_per_step": episodes_per_step, "episodes_per_s_median": steps * episodes_per_step / total,
           "episodes_per_s_min": steps * episodes_per_step / total, "episodes_per_s_max": steps * episodes_per_step / total,
           "peak_rss_mb": common.peak_rss_mb(), "flop_fraction_of_matmul_peak": None,
-          "allocator": common.allocator.active(), "data_wait_fraction": waited / total, "sampler_episodes_per_s_one_thread": episodes_per_step / sample_s,
+          "allocator": allocator.active(), "data_wait_fraction": waited / total, "sampler_episodes_per_s_one_thread": episodes_per_step / sample_s,
           "image_shape": list(sampler.dataset.image_shape), "steps": steps}
 
 

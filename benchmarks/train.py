@@ -60,7 +60,7 @@ def measure_jax(config_name: str, episodes_per_step: int, repeats: int = 5, seco
   return {"benchmark": "train", "config": config_name, "framework": "jax", "episodes_per_step": episodes_per_step,
           **timing, "compile_s": compile_s, "peak_rss_mb": common.peak_rss_mb(),
           "flop_fraction_of_matmul_peak": fraction, "step_gflop": None if flops is None else flops / 1e9,
-          "matmul_peak_gflops": peak / 1e9, "episode_groups": episode_groups(config.train, None, int(config.data.image_size)), "device": str(jax.devices()[0].device_kind)}
+          "matmul_peak_gflops": peak / 1e9, "episode_groups": episode_groups(config), "device": str(jax.devices()[0].device_kind)}
 
 
 def clearly_slower(first_step_s: dict[str, float]) -> set[str]:

@@ -77,20 +77,21 @@ def make_loss_fn(graphdef, config, episode_groups: int = 1):
   return loss_fn
 
 
-def episode_groups(train_cfg, mesh=None, image_size: int = 0) -> int:
+def episode_groups(config, mesh=None) -> int:
   """train.episode_groups, or for 0 the automatic count (parallel.auto_groups, which also looks
   at data.image_size)."""
+  train_cfg = config.train
   groups = int(train_cfg.episode_groups)
   if groups < 0:
     raise ConfigError(f"train.episode_groups={groups} is negative; set it to 0 (automatic) or to "
                       f"the number of independent slices to vmap a step's episodes in.")
-  return groups or parallel.auto_groups(int(train_cfg.episodes_per_step), mesh, image_size)
+  return groups or parallel.auto_groups(int(train_cfg.episodes_per_step), mesh, int(config.data.image_size))
 
 
 def make_train_step(graphdef, config, tx, mesh=None):
   """(params, opt_state, batch, key) -> (params, opt_state, metrics); batch arrays are [B, ...].
   With a mesh, B is split over its devices and everything else is replicated."""
-  loss_fn = make_loss_fn(graphdef, config, episode_groups(config.train, mesh, int(config.data.image_size)))
+  loss_fn = make_loss_fn(graphdef, config, episode_groups(config, mesh))
 
   def train_step(params, opt_state, batch, key):
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
@@ -108,8 +109,8 @@ def make_accuracy_fn(graphdef, mesh=None):
     model = nnx.merge(graphdef, params)
     def one(sx, sy, qx, qy):
       return jnp.mean(jnp.argmax(model(sx, sy, qx), -1) == qy)
-    images = batch["support_images"]
-    groups = parallel.auto_groups(images.shape[0], mesh, images.shape[-2])
+    images = batch["support_images"]                  # [B, S, H, W, C]
+    groups = parallel.auto_groups(images.shape[0], mesh, images.shape[2])
     return parallel.vmap_in_groups(one, groups)(batch["support_images"], batch["support_labels"],
                                                 batch["query_images"], batch["query_labels"]).mean()
   return parallel.jit(accuracy, mesh, batch_argnums=(1,))
@@ -145,7 +146,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
   mesh = parallel.data_mesh()
   batch_size = int(t.episodes_per_step)   # global: every process samples only its own rows
   parallel.check_divisible(batch_size, mesh, "train.episodes_per_step")
-  episode_groups(t, mesh)                 # a bad value fails here, before any data is read
+  episode_groups(config, mesh)            # a bad value fails here, before any data is read
   rows = parallel.local_rows(mesh, batch_size)
 
   # --- Data ------------------------------------------------------------------------------------

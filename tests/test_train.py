@@ -156,16 +156,18 @@ def test_automatic_episode_groups_only_split_one_cpu_device():
   from types import SimpleNamespace
   from ht_jax.model.plan import ConfigError
   from ht_jax.train import episode_groups
-  train = small_config().train
+  config = small_config()
+  train = config.train
   for batch, expected in ((1, 1), (3, 3), (16, 4)):
     train.episodes_per_step = batch
-    assert episode_groups(train) == expected
-  assert episode_groups(train, SimpleNamespace(size=8)) == 1   # each device has its own slice
+    assert episode_groups(config) == expected
+  assert episode_groups(config, SimpleNamespace(size=8)) == 1   # each device has its own slice
+  config.data.image_size = 84
   for batch, expected in ((4, 4), (16, 16), (64, 16)):          # 84x84: single episodes, lax.conv
     train.episodes_per_step = batch
-    assert episode_groups(train, None, 84) == expected
+    assert episode_groups(config) == expected
   train.episode_groups = 6
-  assert episode_groups(train, SimpleNamespace(size=8)) == 6
+  assert episode_groups(config, SimpleNamespace(size=8)) == 6
   train.episode_groups = -1
   with pytest.raises(ConfigError, match="train.episode_groups=-1 is negative"):
-    episode_groups(train)
+    episode_groups(config)
