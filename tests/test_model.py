@@ -159,6 +159,23 @@ def test_transformer_mask_blocks_attention_to_masked_keys():
   assert not np.allclose(t(x)[:3], y1[:3], atol=1e-4)
 
 
+@pytest.mark.parametrize("dropout_rate", [0.0, 0.5])
+def test_transformer_output_rows_are_the_full_outputs_first_rows(dropout_rate):
+  """output_rows: the last layer computes only those tokens (its feed-forward is a [rows, inner]
+  matmul), equal to the full transformer's first rows; under dropout the full layer runs, so the
+  dropout masks (and the numbers) stay those of the full transformer."""
+  t = Transformer(12, 12, 12, 20, num_layers=2, heads=2, dropout_rate=dropout_rate, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (7, 12))
+  mask = jnp.array([0, 0, 0, 0, 1, 0, 1], jnp.float32)
+  key = jax.random.key(2)
+  full, first = t(x, mask, key), t(x, mask, key, output_rows=3)
+  assert first.shape == (3, 12)
+  np.testing.assert_allclose(first, full[:3], atol=1e-6)
+  hidden_shapes = {tuple(e.outvars[0].aval.shape) for e in jax.make_jaxpr(lambda x: t(x, mask, key, output_rows=3))(x).eqns
+                   if e.primitive.name == "dot_general"}
+  assert ((3, 20) in hidden_shapes) == (dropout_rate == 0)
+
+
 def tiny_model(**model_overrides):
   c = omniglot_1shot_v1.get_config("tiny")
   c.data.num_labels, c.data.samples_transformer, c.data.samples_cnn = 5, 5, 10

@@ -46,5 +46,5 @@ class LayerGenerator(nnx.Module):
       key_mask = jnp.concatenate([jnp.zeros((self.plan.num_weight_tokens,), tokens.dtype),
                                   sample_mask.astype(tokens.dtype)])
     with jax.named_scope("transformer"):
-      outputs = self.transformer(tokens, key_mask, keys[1])
+      outputs = self.transformer(tokens, key_mask, keys[1], output_rows=self.plan.num_weight_tokens)
     return token_io.weight_slices(self.plan, outputs)

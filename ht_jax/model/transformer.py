@@ -34,15 +34,15 @@ class MultiHeadAttention(nnx.Module):
     self.value = dense(width, value_dim, rngs)
     self.output = dense(value_dim, width, rngs)
 
-  def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
-    t = x.shape[0]                                            # x: [T, E]
-    split = lambda y: y.reshape(t, self.heads, -1).transpose(1, 0, 2)   # [heads, T, depth]
-    q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-    scores = q @ k.transpose(0, 2, 1) / jnp.sqrt(jnp.float32(q.shape[-1]))   # [heads, T, T]
+  def __call__(self, x: jax.Array, key_mask: jax.Array | None, rows: int | None = None) -> jax.Array:
+    """x: [T, E]; the output for its first `rows` tokens (all by default), which attend to all T."""
+    split = lambda y: y.reshape(y.shape[0], self.heads, -1).transpose(1, 0, 2)   # [heads, T, depth]
+    q, k, v = split(self.query(x[:rows])), split(self.key(x)), split(self.value(x))
+    scores = q @ k.transpose(0, 2, 1) / jnp.sqrt(jnp.float32(q.shape[-1]))   # [heads, rows, T]
     if key_mask is not None:                                  # 1 = this key cannot be attended to
       scores = scores - MASK_PENALTY * key_mask[None, None, :]
     weights = jax.nn.softmax(scores, axis=-1) if self.normaliser == "softmax" else jax.nn.sigmoid(scores)
-    attended = (weights @ v).transpose(1, 0, 2).reshape(t, -1)  # [T, value_dim]
+    attended = (weights @ v).transpose(1, 0, 2).reshape(q.shape[1], -1)  # [rows, value_dim]
     return self.output(attended)
 
 
@@ -67,9 +67,11 @@ class EncoderLayer(nnx.Module):
     self.feed_forward = FeedForward(width, inner_dim, nonlinearity, rngs=rngs)
     self.output_norm = layer_norm(width, rngs)
 
-  def __call__(self, x, key_mask, dropout_key):
+  def __call__(self, x, key_mask, dropout_key, rows: int | None = None):
+    """The layer's output for the first `rows` tokens of x (all by default): every operation but
+    the keys and values is row by row."""
     keys = (None, None) if dropout_key is None else jax.random.split(dropout_key)
-    x = self.attention_norm(x + dropout(self.attention(x, key_mask), self.dropout_rate, keys[0]))
+    x = self.attention_norm(x[:rows] + dropout(self.attention(x, key_mask, rows), self.dropout_rate, keys[0]))
     return self.output_norm(x + dropout(self.feed_forward(x), self.dropout_rate, keys[1]))
 
 
@@ -85,7 +87,13 @@ class Transformer(nnx.Module):
         for i in range(num_layers)])
 
   def __call__(self, tokens: jax.Array, key_mask: jax.Array | None = None,
-               dropout_key: jax.Array | None = None) -> jax.Array:
+               dropout_key: jax.Array | None = None, output_rows: int | None = None) -> jax.Array:
+    """tokens: [T, E] -> [T, E], or only the first `output_rows` outputs: the last layer then
+    computes just those rows (the generator reads the weight tokens only; without dropout, whose
+    masks have the layer's full shape)."""
+    last = len(self.layers) - 1
     for i, layer in enumerate(self.layers):
-      tokens = layer(tokens, key_mask, None if dropout_key is None else jax.random.fold_in(dropout_key, i))
-    return tokens
+      random = dropout_key is not None and layer.dropout_rate > 0
+      rows = output_rows if i == last and not random else None
+      tokens = layer(tokens, key_mask, None if dropout_key is None else jax.random.fold_in(dropout_key, i), rows)
+    return tokens[:output_rows]

@@ -35,5 +35,5 @@ class LayerGenerator(nn.Module):
     key_mask = None
     if sample_mask is not None:
       key_mask = torch.cat([tokens.new_zeros(self.plan.num_weight_tokens), sample_mask.to(tokens.dtype)])
-    outputs = self.transformer(tokens, key_mask, generator)
+    outputs = self.transformer(tokens, key_mask, generator, output_rows=self.plan.num_weight_tokens)
     return token_io.weight_slices(self.plan, outputs)

@@ -35,15 +35,15 @@ class MultiHeadAttention(nn.Module):
     self.value = dense(width, value_dim)
     self.output = dense(value_dim, width)
 
-  def forward(self, x, key_mask):
-    t = x.shape[0]                                            # x: [T, E]
-    split = lambda y: y.reshape(t, self.heads, -1).transpose(0, 1)   # [heads, T, depth]
-    q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-    scores = q @ k.transpose(1, 2) / math.sqrt(q.shape[-1])  # [heads, T, T]
+  def forward(self, x, key_mask, rows=None):
+    """x: [T, E]; the output for its first `rows` tokens (all by default), which attend to all T."""
+    split = lambda y: y.reshape(y.shape[0], self.heads, -1).transpose(0, 1)   # [heads, T, depth]
+    q, k, v = split(self.query(x[:rows])), split(self.key(x)), split(self.value(x))
+    scores = q @ k.transpose(1, 2) / math.sqrt(q.shape[-1])  # [heads, rows, T]
     if key_mask is not None:
       scores = scores - MASK_PENALTY * key_mask[None, None, :]
     weights = torch.softmax(scores, dim=-1) if self.normaliser == "softmax" else torch.sigmoid(scores)
-    attended = (weights @ v).transpose(0, 1).reshape(t, -1)
+    attended = (weights @ v).transpose(0, 1).reshape(q.shape[1], -1)
     return self.output(attended)
 
 
@@ -69,8 +69,9 @@ class EncoderLayer(nn.Module):
     self.feed_forward = FeedForward(width, inner_dim, nonlinearity)
     self.output_norm = layer_norm(width)
 
-  def forward(self, x, key_mask, generator):
-    x = self.attention_norm(x + dropout(self.attention(x, key_mask), self.dropout_rate, generator))
+  def forward(self, x, key_mask, generator, rows=None):
+    """The layer's output for the first `rows` tokens of x (all by default)."""
+    x = self.attention_norm(x[:rows] + dropout(self.attention(x, key_mask, rows), self.dropout_rate, generator))
     return self.output_norm(x + dropout(self.feed_forward(x), self.dropout_rate, generator))
 
 
@@ -84,7 +85,11 @@ class Transformer(nn.Module):
                      None if (skip_last_nonlinearity and i == num_layers - 1) else nonlinearity, dropout_rate)
         for i in range(num_layers)])
 
-  def forward(self, tokens, key_mask=None, generator=None):
-    for layer in self.layers:
-      tokens = layer(tokens, key_mask, generator)
-    return tokens
+  def forward(self, tokens, key_mask=None, generator=None, output_rows=None):
+    """tokens: [T, E] -> [T, E], or only the first `output_rows` outputs, which the last layer
+    then computes alone (not under dropout, whose masks have the layer's full shape)."""
+    last = len(self.layers) - 1
+    for i, layer in enumerate(self.layers):
+      random = generator is not None and layer.dropout_rate > 0
+      tokens = layer(tokens, key_mask, generator, output_rows if i == last and not random else None)
+    return tokens[:output_rows]
