@@ -56,7 +56,7 @@ def make_task_accuracy_fn(graphdef, mesh=None):
       # for miniImageNet's 8 tasks x 16 batches x 100 images) and was no faster.
       logits = jax.lax.map(lambda x: model.classify(weights, x), qx)
       return jnp.mean(jnp.argmax(logits, -1) == qy)
-    groups = parallel.auto_groups(support_images.shape[0], mesh)
+    groups = parallel.auto_groups(support_images.shape[0], mesh, support_images.shape[2])
     return parallel.vmap_in_groups(one_task, groups)(support_images, support_labels, query_images, query_labels)
   return parallel.jit(task_accuracy, mesh, batch_argnums=(1, 2, 3, 4))
 

@@ -41,22 +41,29 @@ def test_banded_conv_and_its_gradients_match_lax_conv(size, stride, padding, cha
     np.testing.assert_allclose(have, want, atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("channels", [1, 3, 8])
 @pytest.mark.parametrize("size,stride,padding", [(28, 1, "SAME"), (21, 2, "SAME"), (13, 2, "VALID")])
-def test_one_episode_trace_switches_to_lax_conv_with_equal_values(size, stride, padding):
+def test_one_episode_trace_switches_to_lax_conv_with_equal_values_and_gradients(size, stride, padding, channels):
   """Inside one_episode_trace conv2d is lax.conv (one kernel, XLA's own convolution), outside the
-  band again; both give the same numbers for the flattened HWIO kernel matrix."""
-  from ht_jax.model.layers import one_episode_trace
+  band again; both give the same numbers for the flattened HWIO kernel matrix. Inputs with image
+  channels (IMAGE_CHANNELS or fewer) keep the band's forward inside too, with lax.conv's gradients."""
+  from ht_jax.model.layers import IMAGE_CHANNELS, one_episode_trace
   rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(2, size, size, 4)).astype(np.float32))
-  kernel_matrix = jnp.asarray(rng.normal(size=(3 * 3 * 4, 6)).astype(np.float32))
+  x = jnp.asarray(rng.normal(size=(2, size, size, channels)).astype(np.float32))
+  kernel_matrix = jnp.asarray(rng.normal(size=(3 * 3 * channels, 6)).astype(np.float32))
   conv = lambda: lambda x, k: conv2d(x, k, 3, stride, padding)   # a new function: no trace cache
+  loss = lambda: lambda x, k: jnp.sum(jnp.sin(conv()(x, k)))
   with one_episode_trace():
     inside = jax.make_jaxpr(conv())(x, kernel_matrix)
     got = conv()(x, kernel_matrix)
+    got_grads = jax.jit(jax.grad(loss(), (0, 1)))(x, kernel_matrix)
   outside = jax.make_jaxpr(conv())(x, kernel_matrix)
   primitives = lambda jaxpr: {e.primitive.name for e in jaxpr.jaxpr.eqns}
-  assert "conv_general_dilated" in primitives(inside) and "conv_general_dilated" not in primitives(outside)
+  assert ("conv_general_dilated" in primitives(inside)) == (channels > IMAGE_CHANNELS)
+  assert "conv_general_dilated" not in primitives(outside)
   np.testing.assert_allclose(got, conv()(x, kernel_matrix), atol=1e-4)
+  for have, want in zip(got_grads, jax.jit(jax.grad(loss(), (0, 1)))(x, kernel_matrix)):
+    np.testing.assert_allclose(have, want, atol=2e-4, rtol=1e-4)
 
 
 def test_band_blocks_narrow_with_channels_and_split_a_line_evenly():
