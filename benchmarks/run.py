@@ -118,7 +118,7 @@ def main():
   parser.add_argument("--quick", action="store_true", help="omniglot_1shot_v1 at 1 and 16 episodes per step only")
   parser.add_argument("--full", action="store_true", help="also miniimagenet_1shot_v1 at 64 episodes per step")
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--seconds", type=float, default=0.3, help="length of one timed repeat")
+  parser.add_argument("--seconds", type=float, default=0.5, help="length of one timed repeat")
   parser.add_argument("--timeout", type=float, default=480.0, help="seconds before one measurement is abandoned")
   parser.add_argument("--one", help=argparse.SUPPRESS)
   parser.add_argument("--out", help=argparse.SUPPRESS)

@@ -23,7 +23,8 @@ def sleeping_steps(seconds_per_step: float):
 
 def test_timed_repeats_reports_the_rate_of_the_timed_blocks():
   run_steps, calls = sleeping_steps(0.01)   # 10 ms per step
-  timing = common.timed_repeats(run_steps, episodes_per_step=4, repeats=5, seconds_per_repeat=0.05)
+  timing = common.timed_repeats(run_steps, episodes_per_step=4, repeats=5, seconds_per_repeat=0.05,
+                                warmup_seconds=0)
   # An estimate, then 5 blocks of several steps each (about 5; fewer when a loaded machine
   # oversleeps the estimate).
   assert calls[0] == 1 and calls[1:] == [timing["steps_per_repeat"]] * 5 and timing["steps_per_repeat"] > 1
@@ -34,18 +35,32 @@ def test_timed_repeats_reports_the_rate_of_the_timed_blocks():
 
 def test_a_step_longer_than_a_repeat_is_its_own_first_repeat():
   run_steps, calls = sleeping_steps(0.02)
-  timing = common.timed_repeats(run_steps, episodes_per_step=1, repeats=5, seconds_per_repeat=0.01)
+  timing = common.timed_repeats(run_steps, episodes_per_step=1, repeats=5, seconds_per_repeat=0.01,
+                                warmup_seconds=0)
   assert calls == [1] * 5 and timing["steps_per_repeat"] == 1
   assert 30 < timing["episodes_per_s_median"] <= 50
 
 
 def test_earlier_repeats_count_toward_the_total():
   run_steps, calls = sleeping_steps(0.02)
-  probe = common.timed_repeats(run_steps, episodes_per_step=2, repeats=1, seconds_per_repeat=0.01)
+  probe = common.timed_repeats(run_steps, episodes_per_step=2, repeats=1, seconds_per_repeat=0.01,
+                               warmup_seconds=0)
   timing = common.timed_repeats(run_steps, episodes_per_step=2, repeats=5, seconds_per_repeat=0.01, prior=probe)
   assert calls == [1] * 5 and timing["repeats"] == 5
   assert timing["repeat_rates"][0] == probe["repeat_rates"][0]     # the probe is the first repeat
   assert 60 < timing["episodes_per_s_median"] <= 100                # 2 episodes / 20 ms
+
+
+def test_warm_up_steps_are_not_timed():
+  """Steps that are slow only at first (fresh memory faulting in) are run before the timing."""
+  calls = []
+  def run_steps(k):
+    calls.append(k)
+    time.sleep((0.05 if len(calls) <= 3 else 0.01) * k)   # three slow steps, then 10 ms each
+  timing = common.timed_repeats(run_steps, episodes_per_step=1, repeats=3, seconds_per_repeat=0.03,
+                                warmup_seconds=0.12)
+  assert calls[:4] == [1, 1, 1, 1] and len(calls) == 3 + 1 + 3   # warm-up steps, the estimate, 3 repeats
+  assert 60 < timing["episodes_per_s_min"] and timing["episodes_per_s_median"] <= 100
 
 
 def test_only_a_much_slower_long_torch_mode_goes_untimed():
