@@ -124,9 +124,13 @@ _band_forward_lax_backward.defvjp(_band_forward_lax_backward_forward, _band_forw
 
 
 def _band_conv(x, kernel_matrix, kernel, stride, pads):
+  return _band_conv_and_windows(x, kernel_matrix, kernel, stride, pads)[0]
+
+
+def _band_conv_and_windows(x, kernel_matrix, kernel, stride, pads):
   windows, (ho, wo, block, span) = _band_windows(x, kernel, stride, pads, kernel_matrix.shape[-1])
   out = windows @ _band(kernel_matrix, kernel, stride, x.shape[-1], span, block)
-  return out.reshape(x.shape[0], ho, -1, kernel_matrix.shape[-1])[:, :, :wo]
+  return out.reshape(x.shape[0], ho, -1, kernel_matrix.shape[-1])[:, :, :wo], windows
 
 
 def _band_windows(x, kernel, stride, pads, out_channels):
@@ -170,9 +174,8 @@ def _band_conv_stride1(x, kernel_matrix, kernel, pads):
 
 
 def _band_conv_stride1_forward(x, kernel_matrix, kernel, pads):
-  windows, (ho, wo, block, span) = _band_windows(x, kernel, 1, pads, kernel_matrix.shape[-1])
-  out = windows @ _band(kernel_matrix, kernel, 1, x.shape[-1], span, block)
-  return out.reshape(x.shape[0], ho, -1, kernel_matrix.shape[-1])[:, :, :wo], (windows, kernel_matrix)
+  out, windows = _band_conv_and_windows(x, kernel_matrix, kernel, 1, pads)
+  return out, (windows, kernel_matrix)
 
 
 def _band_conv_stride1_backward(kernel, pads, residuals, g):
