@@ -75,11 +75,11 @@ def warm_up(run_steps: Callable[[int], None], seconds: float = WARMUP_SECONDS) -
 def timed_repeats(run_steps: Callable[[int], None], episodes_per_step: int, repeats: int,
                   seconds_per_repeat: float, prior: dict | None = None,
                   warmup_seconds: float = WARMUP_SECONDS) -> dict:
-  """Warms up (warm_up, unless warmup_seconds is 0), calls run_steps(k) (k steps, returning when they are done) once to
-  estimate a step's time, then times `repeats` blocks of k >= 1 steps lasting about
-  `seconds_per_repeat` each. A step longer than a repeat makes the estimate itself the first
-  repeat (slow rows cost one step less). `prior`, an earlier result for the same run_steps (so
-  already warm), keeps its blocks as the first repeats.
+  """Warms up (warm_up, unless warmup_seconds is 0), calls run_steps(k) (k steps, returning when
+  they are done) once to estimate a step's time, then times `repeats` blocks of k >= 1 steps
+  lasting about `seconds_per_repeat` each. A step longer than a repeat makes the estimate itself
+  the first repeat (slow rows cost one step less). `prior`, an earlier result for the same
+  run_steps (so already warm), keeps its blocks as the first repeats.
   Also reports the process's CPU time over wall time: 2.0 on two busy cores."""
   def timed(k):
     wall, cpu = time.perf_counter(), time.process_time()

@@ -145,7 +145,7 @@ class StopAgreement:
 
 # --- Episode groups: parallelism inside one CPU device -------------------------------------------
 
-AUTO_GROUPS_CAP = 4   # more compile longer: 16 single episodes took 81 s against 17 s, for 1.05x
+AUTO_GROUPS_CAP = 4   # more compile longer: 16 single episodes took 87 s against 18 s, for 1.07x
 # From this image size on, every episode is a group of its own (up to SINGLE_EPISODE_CAP): its
 # convolutions then run as lax.conv, which beats the band on 84x84 maps (miniImageNet at 16
 # episodes per step 6.0 -> 10.5 episodes/s, compile 27 -> 72-82 s); on Omniglot's 28x28 the band is

@@ -91,5 +91,6 @@ class Transformer(nn.Module):
     last = len(self.layers) - 1
     for i, layer in enumerate(self.layers):
       random = generator is not None and layer.dropout_rate > 0
-      tokens = layer(tokens, key_mask, generator, output_rows if i == last and not random else None)
+      rows = output_rows if i == last and not random else None
+      tokens = layer(tokens, key_mask, generator, rows)
     return tokens[:output_rows]
