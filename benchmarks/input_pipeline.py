@@ -1,10 +1,13 @@
 """Does the input pipeline keep up? The fraction of training time spent waiting for episodes.
 
   python -m benchmarks.input_pipeline [--config omniglot_1shot_v1] [--episodes 16] [--steps 60]
+                                      [--augmentation step|host]
 
 Runs ht_jax.train's loop (ht_jax.input_pipeline.Prefetcher sampling ahead in background threads and
 putting each batch on the device, then the jitted step) and times how long the loop blocks on the
-next batch. Also reports how fast the sampler alone produces episodes on one thread. Omniglot uses
+next batch. Also reports how fast the sampler alone produces episodes on one thread. Configs with
+the ImageNet-style augmentation run it in the jitted step (ht_jax/augment.py, the default) or, with
+--augmentation host, in the sampler's NumPy. Omniglot uses
 the real data; 84x84 RGB configs a synthetic dataset of the same shape (64 classes x 50 random
 images), with that config's augmentation, so that sampling costs what it would on miniImageNet.
 Writes benchmarks/results/input_pipeline.json and prints a markdown table.
@@ -35,13 +38,16 @@ def sampler_for(config):
   return ht_data.EpisodeSampler(ht_data.ClassDataset("synthetic", images), np.arange(64), spec)
 
 
-def measure(config_name: str, episodes_per_step: int, steps: int) -> dict:
+def measure(config_name: str, episodes_per_step: int, steps: int, augmentation: str = "step") -> dict:
   import jax
   from ht_jax.input_pipeline import Prefetcher, episode_arrays
   from ht_jax.optimizer import make_optimizer
   from ht_jax.train import create_model, make_train_step
   config = common.load_config(config_name)
   config.train.episodes_per_step = episodes_per_step
+  if augmentation not in ("step", "host"):
+    raise ValueError(f"augmentation={augmentation!r}; use 'step' or 'host'")
+  config.data.image_augmentation_in_step = augmentation == "step"
   sampler = sampler_for(config)
   rows = range(episodes_per_step)
 
@@ -81,7 +87,8 @@ def measure(config_name: str, episodes_per_step: int, steps: int) -> dict:
           "episodes_per_s_min": steps * episodes_per_step / total, "episodes_per_s_max": steps * episodes_per_step / total,
           "peak_rss_mb": common.peak_rss_mb(), "flop_fraction_of_matmul_peak": None,
           "allocator": allocator.active(), "data_wait_fraction": waited / total, "sampler_episodes_per_s_one_thread": episodes_per_step / sample_s,
-          "image_shape": list(sampler.dataset.image_shape), "steps": steps}
+          "image_shape": list(sampler.dataset.image_shape), "steps": steps,
+          "augmentation": augmentation if sampler.spec.image_augmentation else "none"}
 
 
 def main():
@@ -89,11 +96,14 @@ def main():
   parser.add_argument("--config", default="omniglot_1shot_v1", choices=common.CONFIGS)
   parser.add_argument("--episodes", type=int, default=16)
   parser.add_argument("--steps", type=int, default=60)
+  parser.add_argument("--augmentation", default="step", choices=("step", "host"))
   args = parser.parse_args()
-  row = measure(args.config, args.episodes, args.steps)
+  row = measure(args.config, args.episodes, args.steps, args.augmentation)
   common.write_json("input_pipeline", [row])
-  print(f"| config | image | episodes/step | episodes/s (loop) | waiting for data | sampler alone, 1 thread (episodes/s) |\n"
-        f"|---|---|---|---|---|---|\n| {row['config']} | {row['image_shape']} | {row['episodes_per_step']} | "
+  print(f"| config | image | augmentation in | episodes/step | episodes/s (loop) | waiting for data | "
+        f"sampler alone, 1 thread (episodes/s) |\n"
+        f"|---|---|---|---|---|---|---|\n| {row['config']} | {row['image_shape']} | {row['augmentation']} | "
+        f"{row['episodes_per_step']} | "
         f"{row['episodes_per_s_median']:.1f} | {100 * row['data_wait_fraction']:.1f}% | "
         f"{row['sampler_episodes_per_s_one_thread']:.0f} |")
 

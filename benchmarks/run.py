@@ -46,7 +46,9 @@ def plan(quick: bool, full: bool = False) -> list[dict]:
       items.append({"kind": "evaluation", "framework": framework, "config": config, "episodes": tasks})
   items.append({"kind": "input_pipeline", "framework": "jax", "config": "omniglot_1shot_v1", "episodes": 16})
   if not quick:
-    items.append({"kind": "input_pipeline", "framework": "jax", "config": "miniimagenet_1shot_v1", "episodes": 1})
+    for where in ("step", "host"):   # the ImageNet-style augmentation in the jitted step, or in the sampler
+      items.append({"kind": "input_pipeline", "framework": "jax", "config": "miniimagenet_1shot_v1", "episodes": 1,
+                    "augmentation": where})
   return items
 
 
@@ -59,7 +61,8 @@ def measure_one(item: dict, repeats: int, seconds: float) -> dict:
     from benchmarks import evaluation
     return evaluation.MEASURE[item["framework"]](item["config"], repeats, seconds, item["episodes"] or None)
   from benchmarks import input_pipeline
-  return input_pipeline.measure(item["config"], item["episodes"], steps=16 if item["episodes"] >= 16 else 20)
+  return input_pipeline.measure(item["config"], item["episodes"], steps=16 if item["episodes"] >= 16 else 20,
+                                augmentation=item.get("augmentation", "step"))
 
 
 def run_in_subprocess(item: dict, repeats: int, seconds: float, timeout: float, env: dict | None = None) -> dict:
@@ -148,7 +151,8 @@ def main():
   print(comparison_table(rows))
   waits = [r for r in rows if r["benchmark"] == "input_pipeline" and "data_wait_fraction" in r]
   for r in waits:
-    print(f"input pipeline, {r['config']} {r['image_shape']}, {r['episodes_per_step']} episodes/step: "
+    print(f"input pipeline, {r['config']} {r['image_shape']}, {r['episodes_per_step']} episodes/step, "
+          f"augmentation in the {r['augmentation']}: "
           f"{100 * r['data_wait_fraction']:.1f}% of training time waiting for data "
           f"(sampler alone: {r['sampler_episodes_per_s_one_thread']:.0f} episodes/s on one thread)")
   print(f"wrote {common.RESULTS / 'latest.json'} in {out['wall_s']:.0f} s")

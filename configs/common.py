@@ -42,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   d.boundary_probability = 0.0      # unused by the original too
   d.apply_image_augmentations = False
   d.augment_images_individually = False
+  d.image_augmentation_in_step = True   # ours: the jitted step applies it (ht_jax/augment.py), not the host
   d.test_per_label_augmentation = False
   d.test_random_rotate_by_90 = False
   d.test_rotation_probability = -1.0

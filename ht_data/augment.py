@@ -299,26 +299,36 @@ def shift_hue(planes: np.ndarray, delta: np.ndarray) -> np.ndarray:
   return out
 
 
-def _interpolate_rows(images: np.ndarray, coords: np.ndarray) -> np.ndarray:
-  """Linear interpolation of whole rows: out[i, j] = images[i] at row coordinate coords[i, j]."""
-  low = np.floor(coords).astype(np.int64)
+def crop_coordinates(corner: np.ndarray, side: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Source rows (or columns) of tf.image.crop_and_resize's bilinear sampling along one axis of
+  length `size`: for a crop starting at `corner` [n] (normalised) with side `side` [n], the row
+  below each output pixel (int32 [n, size]) and the weight of the row after it (float32 [n, size])."""
+  steps = np.arange(size) / max(size - 1, 1)
+  coords = (corner[:, None] + side[:, None] * steps) * (size - 1)
+  low = np.floor(coords)
+  return low.astype(np.int32), (coords - low).astype(np.float32)
+
+
+def _interpolate_rows(images: np.ndarray, low: np.ndarray, weight: np.ndarray) -> np.ndarray:
+  """Linear interpolation of whole rows: out[i, j] = images[i] between rows low[i, j] and the next."""
   high = np.minimum(low + 1, images.shape[1] - 1)
-  weight = (coords - low).astype(np.float32)[:, :, None, None]
   batch = np.arange(images.shape[0])[:, None]
   top = images[batch, low]   # gathers contiguous rows
-  return top + (images[batch, high] - top) * weight   # TF's lerp form: exact on flat regions
+  return top + (images[batch, high] - top) * weight[:, :, None, None]   # TF's lerp form: exact on flat regions
 
 
 def _crop_and_resize(images: np.ndarray, corner: np.ndarray, side: np.ndarray) -> np.ndarray:
   """Per-image square crop (normalised corner [n, 2] and side [n]) resized back to the input size with
   tf.image.crop_and_resize's bilinear sampling; separable, so rows then columns are interpolated."""
   height, width = images.shape[1:3]
-  steps_y = np.arange(height) / max(height - 1, 1)
-  steps_x = np.arange(width) / max(width - 1, 1)
-  images = _interpolate_rows(images, (corner[:, :1] + side[:, None] * steps_y) * (height - 1))
-  columns = _interpolate_rows(images.transpose(0, 2, 1, 3),
-                              (corner[:, 1:] + side[:, None] * steps_x) * (width - 1))
+  images = _interpolate_rows(images, *crop_coordinates(corner[:, 0], side, height))
+  columns = _interpolate_rows(images.transpose(0, 2, 1, 3), *crop_coordinates(corner[:, 1], side, width))
   return columns.transpose(0, 2, 1, 3)
+
+
+def to_levels(images: np.ndarray) -> np.ndarray:
+  """Normalised images (x/128 - 1) -> the uint8 levels (x+1)*128 the colour ops start from, as float32."""
+  return np.floor(np.clip((images + np.float32(1)) * np.float32(128), 0, 255)).astype(np.float32)
 
 
 def _to_uint8_levels(values: np.ndarray) -> np.ndarray:
@@ -358,6 +368,21 @@ def draw_image_augmentations(rng: np.random.Generator, n: int, individually: boo
                                 contrast=contrast[per_image], crop_side=side, crop_corner=corner)
 
 
+def image_augmentation_inputs(draws: ImageAugmentationDraws, height: int, width: int) -> dict[str, np.ndarray]:
+  """The draws as the arrays a jitted step applies them from (ht_jax.augment, ht_torch.augment):
+  float32 colour values as NumPy's colour ops use them, and the crop's sampling rows and columns
+  (crop_coordinates, computed here in float64 as the host path does)."""
+  rows, row_weights = crop_coordinates(draws.crop_corner[:, 0], draws.crop_side, height)
+  cols, col_weights = crop_coordinates(draws.crop_corner[:, 1], draws.crop_side, width)
+  return {"flip": draws.flip, "hue_sixths": (6 * draws.hue).astype(np.float32),
+          "brightness": draws.brightness.astype(np.float32), "contrast": draws.contrast.astype(np.float32),
+          "crop_rows": rows, "crop_row_weights": row_weights, "crop_cols": cols, "crop_col_weights": col_weights}
+
+
+IMAGE_AUGMENTATION_INPUTS = ("flip", "hue_sixths", "brightness", "contrast", "crop_rows", "crop_row_weights",
+                             "crop_cols", "crop_col_weights")
+
+
 def apply_image_augmentations(images: np.ndarray, draws: ImageAugmentationDraws) -> np.ndarray:
   """Flip, hue, brightness, contrast, then random crop, of normalised RGB images [n, H, W, 3].
 
@@ -377,8 +402,7 @@ def _augment_image_chunk(images: np.ndarray, draws: ImageAugmentationDraws) -> n
   # Colour work on channel planes [n, 3, H, W]: per-image and per-channel broadcasts then run over
   # contiguous rows instead of 3-element inner loops.
   per_image = (slice(None), None, None, None)
-  levels = np.floor(np.clip((images + np.float32(1)) * np.float32(128), 0, 255)).astype(np.float32)
-  levels = np.ascontiguousarray(levels.transpose(0, 3, 1, 2))
+  levels = np.ascontiguousarray(to_levels(images).transpose(0, 3, 1, 2))
   levels[draws.flip] = levels[draws.flip, :, :, ::-1]
   levels = _to_uint8_levels(shift_hue(levels / np.float32(255), draws.hue))
   levels = _to_uint8_levels(levels / np.float32(255) + draws.brightness.astype(np.float32)[per_image])

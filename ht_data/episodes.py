@@ -15,8 +15,8 @@ import numpy as np
 
 from ht_data.augment import (AugmentationParams, AugmentationSettings, ImageAugmentationDraws,
                              apply_augmentation, apply_image_augmentations, augmentation_settings,
-                             draw_augmentation_params, draw_image_augmentations, resize_bilinear,
-                             rotate_quarter_turns)
+                             draw_augmentation_params, draw_image_augmentations, image_augmentation_inputs,
+                             resize_bilinear, rotate_quarter_turns, to_levels)
 from ht_data.dataset import ClassDataset
 from ht_data.errors import DataError
 
@@ -26,18 +26,31 @@ _EVAL_SPAWN_KEY = (1,)
 
 @dataclasses.dataclass(frozen=True)
 class Episode:
-  """A batch of B episodes (leading axis B everywhere)."""
-  support_images: np.ndarray   # float32 [B, S, H, W, C], x/128 - 1
+  """A batch of B episodes (leading axis B everywhere).
+
+  With `image_augmentation` set (EpisodeSpec.image_augmentation_in_step), the images are the uint8
+  levels the ImageNet-style augmentation starts from, and `image_augmentation` holds its inputs
+  (augment.image_augmentation_inputs) as support_<name> [B, S, ...] and query_<name> [B, Q, ...]:
+  the jitted step applies them (ht_jax.augment.augment_batch, ht_torch.augment.augment_batch).
+  """
+  support_images: np.ndarray   # float32 [B, S, H, W, C], x/128 - 1 (uint8 levels, see above)
   support_labels: np.ndarray   # int32 [B, S], 0..N-1, or N for unlabelled support samples
   query_images: np.ndarray     # float32 [B, Q, H, W, C]
   query_labels: np.ndarray     # int32 [B, Q], 0..N-1
   support_classes: np.ndarray  # int32 [B, S] real class ids
   query_classes: np.ndarray    # int32 [B, Q]
+  image_augmentation: dict[str, np.ndarray] | None = None
 
   @staticmethod
   def concatenate(episodes: Sequence[Episode]) -> Episode:
     """Joins episode batches along the leading axis."""
-    return Episode(**{field.name: np.concatenate([getattr(e, field.name) for e in episodes])
+    def join(values):
+      if values[0] is None:
+        return None
+      if isinstance(values[0], dict):
+        return {k: np.concatenate([v[k] for v in values]) for k in values[0]}
+      return np.concatenate(values)
+    return Episode(**{field.name: join([getattr(e, field.name) for e in episodes])
                       for field in dataclasses.fields(Episode)})
 
 
@@ -53,6 +66,7 @@ class EpisodeSpec:
   augmentation: AugmentationSettings = AugmentationSettings()
   image_augmentation: bool = False    # apply_image_augmentations (training classes only)
   augment_individually: bool = False  # augment_images_individually
+  image_augmentation_in_step: bool = False   # leave image_augmentation to the jitted step (Episode)
 
   def __post_init__(self):
     if self.ways < 1 or self.query_size < 1 or self.image_size < 1:
@@ -84,7 +98,8 @@ class EpisodeSpec:
         balanced=bool(data_cfg.balanced_batches),
         augmentation=augmentation_settings(data_cfg, training),
         image_augmentation=bool(data_cfg.apply_image_augmentations) and training,
-        augment_individually=bool(data_cfg.augment_images_individually))
+        augment_individually=bool(data_cfg.augment_images_individually),
+        image_augmentation_in_step=bool(data_cfg.image_augmentation_in_step))
 
 
 def _normalise(pixels: np.ndarray) -> np.ndarray:
@@ -92,6 +107,14 @@ def _normalise(pixels: np.ndarray) -> np.ndarray:
   out = np.multiply(pixels, np.float32(1 / 128), dtype=np.float32)
   out -= np.float32(1.0)
   return out
+
+
+def _levels(pixels: np.ndarray) -> np.ndarray:
+  """The uint8 levels to_levels(_normalise(pixels)) holds; for uint8 pixels those are the pixels
+  themselves (x/128 - 1, then (x+1)*128, is exact in float32), so they are not computed."""
+  if pixels.dtype == np.uint8:
+    return pixels
+  return to_levels(_normalise(pixels)).astype(np.uint8)
 
 
 def balanced_counts(batch_size: int, ways: int) -> np.ndarray:
@@ -255,8 +278,11 @@ class EpisodeSampler:
       out[rows] = self.dataset.images[class_id][samples[rows]]
     return out
 
-  def _render(self, plans: list[_Plan]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(images [B, n, H, W, C], labels [B, n], classes [B, n]) for each output position."""
+  def _render(self, plans: list[_Plan], in_step: bool = False
+              ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray] | None]]:
+    """(images [B, n, H, W, C], labels [B, n], classes [B, n], image-augmentation inputs [B, n, ...]
+    or None) for each output position; with `in_step`, the ImageNet-style augmentation is left to
+    the step: images are its uint8 levels and the last entry its inputs."""
     spec = self.spec
     offsets = np.cumsum([0] + [plan.classes.size for plan in plans])
     classes = np.concatenate([plan.classes for plan in plans])
@@ -275,13 +301,20 @@ class EpisodeSampler:
     for position in range(len(plans[0].outputs)):
       outputs = [plan.outputs[position] for plan in plans]
       index = np.concatenate([offset + out.draws for offset, out in zip(offsets, outputs)])
-      batch_images = _normalise(pixels[index])
-      if spec.image_augmentation:
-        batch_images = apply_image_augmentations(
-            batch_images, ImageAugmentationDraws.concatenate([out.image_aug for out in outputs]))
       shape = (len(plans), outputs[0].draws.size)
+      inputs = None
+      if spec.image_augmentation:
+        draws = ImageAugmentationDraws.concatenate([out.image_aug for out in outputs])
+      if spec.image_augmentation and in_step:
+        batch_images = _levels(pixels[index])
+        inputs = {k: v.reshape(shape + v.shape[1:])
+                  for k, v in image_augmentation_inputs(draws, *batch_images.shape[1:3]).items()}
+      elif spec.image_augmentation:
+        batch_images = apply_image_augmentations(_normalise(pixels[index]), draws)
+      else:
+        batch_images = _normalise(pixels[index])
       rendered.append((batch_images.reshape(shape + batch_images.shape[1:]), labels[index].reshape(shape),
-                       classes[index].reshape(shape)))
+                       classes[index].reshape(shape), inputs))
     return rendered
 
   # ----------------------------------------------------------------------------------------------
@@ -295,10 +328,13 @@ class EpisodeSampler:
     if len(indices) == 0:
       raise ValueError("batch() needs at least one episode index")
     plans = [self._plan(np.random.default_rng([seed, step, int(i)])) for i in indices]
-    (support_images, support_labels, support_classes), (query_images, query_labels, query_classes) = \
-        self._render(plans)
-    return Episode(support_images=support_images, support_labels=support_labels, query_images=query_images,
-                   query_labels=query_labels, support_classes=support_classes, query_classes=query_classes)
+    support, query = self._render(plans, in_step=self.spec.image_augmentation_in_step)
+    inputs = None
+    if support[3] is not None:
+      inputs = {f"{part}_{k}": v for part, out in (("support", support), ("query", query)) for k, v in out[3].items()}
+    return Episode(support_images=support[0], support_labels=support[1], query_images=query[0],
+                   query_labels=query[1], support_classes=support[2], query_classes=query[2],
+                   image_augmentation=inputs)
 
   def eval_task(self, seed: int, task: int, num_query_batches: int) -> tuple[Episode, np.ndarray, np.ndarray]:
     """The original evaluation protocol for one task (HT_REFERENCE 10).

@@ -13,8 +13,11 @@ from ht_data import Episode, EpisodeSampler
 
 
 def episode_arrays(episode: Episode) -> dict[str, np.ndarray]:
+  """The arrays a step trains on, with the ImageNet-style augmentation's inputs when the sampler
+  left that to the step (ht_jax.augment.augment_batch applies them)."""
   return {"support_images": episode.support_images, "support_labels": episode.support_labels,
-          "query_images": episode.query_images, "query_labels": episode.query_labels}
+          "query_images": episode.query_images, "query_labels": episode.query_labels,
+          **(episode.image_augmentation or {})}
 
 
 class Prefetcher:

@@ -26,7 +26,7 @@ from flax import nnx
 from tqdm import tqdm
 
 import ht_data
-from ht_jax import parallel
+from ht_jax import augment, parallel
 from ht_jax.checkpoint import Checkpointer
 from ht_jax.input_pipeline import Prefetcher, episode_arrays
 from ht_jax.metrics import MetricWriter
@@ -89,11 +89,13 @@ def episode_groups(config, mesh=None) -> int:
 
 
 def make_train_step(graphdef, config, tx, mesh=None):
-  """(params, opt_state, batch, key) -> (params, opt_state, metrics); batch arrays are [B, ...].
+  """(params, opt_state, batch, key) -> (params, opt_state, metrics); batch arrays are [B, ...],
+  with uint8 images and the augmentation's inputs when the sampler leaves it to the step.
   With a mesh, B is split over its devices and everything else is replicated."""
   loss_fn = make_loss_fn(graphdef, config, episode_groups(config, mesh))
 
   def train_step(params, opt_state, batch, key):
+    batch = augment.augment_batch(batch)   # when the sampler left the ImageNet-style augmentation here
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import ht_data
+from ht_torch import augment
 from ht_torch.model.hypertransformer import HyperTransformer
 from ht_torch.model.loss import episode_loss
 from ht_torch.optimizer import make_optimizer
@@ -33,6 +34,7 @@ def train_step(model: HyperTransformer, optimizer, scheduler, model_cfg, batch: 
   batch["sample_masks"] [B, S] fixes the removed tokens instead (1 = removed)."""
   model.train()
   optimizer.zero_grad(set_to_none=True)
+  batch = augment.augment_batch(batch)   # when the sampler left the ImageNet-style augmentation here
   episodes = len(batch["support_images"])
   totals = {}
   masks = batch.get("sample_masks")
@@ -68,9 +70,10 @@ def batched_train_step(model: HyperTransformer, optimizer, scheduler, model_cfg,
   randomness (dropout, token removal) under vmap; a fixed batch["sample_masks"] is accepted."""
   from torch.func import functional_call, grad, vmap
   model.train()
+  batch = augment.augment_batch(batch)
   module = _EpisodeLoss(model, model_cfg)
   params = {name: p.detach() for name, p in module.named_parameters()}
-  arrays = [torch.as_tensor(np.asarray(batch[k])) for k in
+  arrays = [torch.as_tensor(batch[k]) for k in
             ("support_images", "support_labels", "query_images", "query_labels")]
   masks = batch.get("sample_masks")
   if masks is not None:
