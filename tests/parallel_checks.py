@@ -13,6 +13,7 @@ import numpy as np
 
 import ht_data
 from ht_jax import parallel
+from ht_jax.augment import augment_batch
 from ht_jax.evaluate import Evaluator, task_accuracies
 from ht_jax.input_pipeline import episode_arrays
 from ht_jax.optimizer import make_optimizer
@@ -131,6 +132,20 @@ def main():
   out["eval_per_task_one"] = per_task["one"].tolist()
   out["eval_per_task_max_abs_diff"] = float(np.max(np.abs(per_task["one"] - per_task["eight"])))
   out["t_eval"] = time.perf_counter() - started
+
+  # The ImageNet-style augmentation in the step, with the episodes split over the eight devices.
+  rng = np.random.default_rng(0)
+  rgb = ht_data.ClassDataset("rgb", rng.integers(0, 256, (6, 8, 12, 12, 3), dtype=np.uint8))
+  spec = ht_data.EpisodeSpec(ways=3, support_size=3, query_size=6, image_size=12, image_augmentation=True,
+                             image_augmentation_in_step=True)
+  local = episode_arrays(ht_data.EpisodeSampler(rgb, np.arange(6), spec).batch(0, 0, range(GLOBAL_BATCH)))
+  augment = lambda batch: augment_batch(batch)["query_images"]
+  alone = np.asarray(jax.jit(augment)(local))
+  sharding = parallel.batch_sharding(mesh)
+  split = jax.jit(augment, in_shardings=(sharding,), out_shardings=sharding)(
+      parallel.global_batch(mesh, local, GLOBAL_BATCH))
+  out["augment_max_abs_diff"] = float(np.max(np.abs(np.asarray(split) - alone)))
+  out["augment_spec"] = str(split.sharding.spec)
 
   print("RESULT " + json.dumps(out))
 

@@ -42,6 +42,8 @@ def test_eight_devices_match_one_device():
   # Evaluation: every task's accuracy and the summary are those of one device.
   assert out["eval_per_task_max_abs_diff"] == 0.0 and len(set(out["eval_per_task_one"])) > 1
   assert out["eval_eight"] == out["eval_one"] and out["eval_one"]["splits"]["test"]["tasks"] == 11
+  # The augmentation in the step: each device augments its own episodes, as one device does.
+  assert out["augment_spec"] == "P('data',)" and out["augment_max_abs_diff"] == 0.0
 
 
 @pytest.mark.parametrize("devices, flag, message", [
