@@ -99,7 +99,8 @@ class EpisodeSpec:
         augmentation=augmentation_settings(data_cfg, training),
         image_augmentation=bool(data_cfg.apply_image_augmentations) and training,
         augment_individually=bool(data_cfg.augment_images_individually),
-        image_augmentation_in_step=bool(data_cfg.image_augmentation_in_step))
+        # .get: configs saved before the key existed (a workdir's config.json) still load.
+        image_augmentation_in_step=bool(data_cfg.get("image_augmentation_in_step", True)))
 
 
 def _normalise(pixels: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import torch
 from ht_data.augment import (apply_image_augmentations, draw_image_augmentations,
                              image_augmentation_inputs, to_levels)
 from ht_data.dataset import ClassDataset
-from ht_data.episodes import EpisodeSampler, EpisodeSpec, _levels, _normalise
+from ht_data.episodes import Episode, EpisodeSampler, EpisodeSpec, _levels, _normalise
 from ht_jax import augment as jax_augment
 from ht_jax.input_pipeline import episode_arrays
 from ht_torch import augment as torch_augment
@@ -107,6 +107,9 @@ def test_sampler_leaves_the_augmentation_to_the_step(rgb_dataset):
     np.testing.assert_allclose(np.asarray(from_jax[f"{part}_images"]), host, atol=1 / 128 + 1e-6)
     np.testing.assert_array_equal(from_torch[f"{part}_images"].numpy(), host)
   assert set(from_jax) == {"support_images", "support_labels", "query_images", "query_labels"}
+  joined = Episode.concatenate([in_step, in_step])
+  assert joined.image_augmentation["query_hue_sixths"].shape == (4, 6) and joined.query_images.shape[0] == 4
+  assert Episode.concatenate([on_host, on_host]).image_augmentation is None
   plain = {k: batch[k] for k in ("support_images", "support_labels")}
   assert jax_augment.augment_batch(plain) is plain and torch_augment.augment_batch(plain) is plain
 
@@ -146,3 +149,13 @@ def test_a_training_step_on_either_path_learns_the_same(rgb_dataset):
                                          config.model, batches[in_step])["loss"])
   assert torch_losses[0] == torch_losses[1]   # bit-identical images, so the same loss
   assert torch_losses[0] == pytest.approx(losses[0], rel=1e-4)   # and the frameworks agree
+
+
+def test_a_config_saved_before_the_key_existed_still_loads():
+  import ml_collections
+  from configs.common import base_config
+  data = base_config().data.to_dict()
+  data["apply_image_augmentations"] = True
+  del data["image_augmentation_in_step"]
+  spec = EpisodeSpec.from_config(ml_collections.ConfigDict(data), training=True)
+  assert spec.image_augmentation and spec.image_augmentation_in_step
