@@ -47,13 +47,12 @@ def _shift_hue(pixels, hue_sixths):
   return jnp.stack(channels, axis=-1)
 
 
-def _interpolate(images, low, weight, axis: int):
-  """Linear interpolation along `axis` (1: rows, 2: columns) at per-image positions low + weight."""
-  high = jnp.minimum(low + 1, images.shape[axis] - 1)
-  take = jax.vmap(lambda image, rows: jnp.take(image, rows, axis=axis - 1))
+def _interpolate_rows(images, low, weight):
+  """Linear interpolation of whole rows: out[i, j] = images[i] between rows low[i, j] and the next."""
+  high = jnp.minimum(low + 1, images.shape[1] - 1)
+  take = jax.vmap(lambda image, rows: image[rows])
   top = take(images, low)
-  shape = (weight.shape[0],) + tuple(weight.shape[1] if a == axis else 1 for a in range(1, images.ndim))
-  return top + (take(images, high) - top) * weight.reshape(shape)
+  return top + (take(images, high) - top) * weight[:, :, None, None]
 
 
 def augment_images(levels, inputs: dict):
@@ -71,8 +70,11 @@ def augment_images(levels, inputs: dict):
   mean = total / jnp.float32(255 * count)
   levels = _to_uint8_levels((pixels - mean) * inputs["contrast"][per_image] + mean)
   images = levels / jnp.float32(128) - jnp.float32(1)
-  images = _interpolate(images, inputs["crop_rows"], inputs["crop_row_weights"], axis=1)
-  return _interpolate(images, inputs["crop_cols"], inputs["crop_col_weights"], axis=2)
+  images = _interpolate_rows(images, inputs["crop_rows"], inputs["crop_row_weights"])
+  # Columns as rows of the transpose, as the NumPy path does: 1.15x faster here than gathering
+  # columns, whose gathers XLA fuses with everything before them.
+  columns = _interpolate_rows(images.transpose(0, 2, 1, 3), inputs["crop_cols"], inputs["crop_col_weights"])
+  return columns.transpose(0, 2, 1, 3)
 
 
 def augment_batch(batch: dict) -> dict:

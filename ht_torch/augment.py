@@ -42,17 +42,12 @@ def _shift_hue(pixels: torch.Tensor, hue_sixths: torch.Tensor) -> torch.Tensor:
   return torch.stack(channels, dim=-1)
 
 
-def _interpolate(images: torch.Tensor, low: torch.Tensor, weight: torch.Tensor, axis: int) -> torch.Tensor:
-  """Linear interpolation along `axis` (1: rows, 2: columns) at per-image positions low + weight."""
-  high = torch.clamp(low + 1, max=images.shape[axis] - 1)
+def _interpolate_rows(images: torch.Tensor, low: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+  """Linear interpolation of whole rows: out[i, j] = images[i] between rows low[i, j] and the next."""
+  high = torch.clamp(low + 1, max=images.shape[1] - 1)
   batch = torch.arange(images.shape[0], device=images.device)[:, None]
-  if axis == 1:
-    top, bottom, weight = images[batch, low], images[batch, high], weight[:, :, None, None]
-  else:
-    top, bottom, weight = images[batch, :, low], images[batch, :, high], weight[:, :, None, None]
-    top, bottom = top.transpose(1, 2), bottom.transpose(1, 2)   # advanced indexing put columns first
-    weight = weight.transpose(1, 2)
-  return top + (bottom - top) * weight
+  top = images[batch, low]
+  return top + (images[batch, high] - top) * weight[:, :, None, None]
 
 
 def augment_images(levels: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -69,9 +64,9 @@ def augment_images(levels: torch.Tensor, inputs: dict[str, torch.Tensor]) -> tor
   mean = total / float(255 * count)
   levels = _to_uint8_levels((pixels - mean) * inputs["contrast"][per_image] + mean)
   images = levels / 128 - 1
-  images = _interpolate(images, inputs["crop_rows"].long(), inputs["crop_row_weights"], axis=1)
-  images = _interpolate(images, inputs["crop_cols"].long(), inputs["crop_col_weights"], axis=2)
-  return images.contiguous()   # the column gather leaves a transposed view; the model expects NHWC memory
+  images = _interpolate_rows(images, inputs["crop_rows"].long(), inputs["crop_row_weights"])
+  columns = _interpolate_rows(images.transpose(1, 2), inputs["crop_cols"].long(), inputs["crop_col_weights"])
+  return columns.transpose(1, 2).contiguous()   # the model expects NHWC memory, not a transposed view
 
 
 def augment_batch(batch: dict, device: torch.device | str = "cpu") -> dict:
