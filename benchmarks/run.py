@@ -151,7 +151,8 @@ def main():
   print(comparison_table(rows))
   waits = [r for r in rows if r["benchmark"] == "input_pipeline" and "data_wait_fraction" in r]
   for r in waits:
-    where = "" if r["augmentation"] == "none" else f", ImageNet-style augmentation in the {r['augmentation']}"
+    where = {"step": ", ImageNet-style augmentation in the jitted step",
+             "host": ", ImageNet-style augmentation in the sampler"}.get(r["augmentation"], "")
     print(f"input pipeline, {r['config']} {r['image_shape']}, {r['episodes_per_step']} episodes/step{where}: "
           f"{100 * r['data_wait_fraction']:.1f}% of training time waiting for data "
           f"(sampler alone: {r['sampler_episodes_per_s_one_thread']:.0f} episodes/s on one thread)")
