@@ -368,6 +368,11 @@ def draw_image_augmentations(rng: np.random.Generator, n: int, individually: boo
                                 contrast=contrast[per_image], crop_side=side, crop_corner=corner)
 
 
+# The keys of image_augmentation_inputs (the steps' augment_batch looks for them in a batch).
+IMAGE_AUGMENTATION_INPUTS = ("flip", "hue_sixths", "brightness", "contrast", "crop_rows", "crop_row_weights",
+                             "crop_cols", "crop_col_weights")
+
+
 def image_augmentation_inputs(draws: ImageAugmentationDraws, height: int, width: int) -> dict[str, np.ndarray]:
   """The draws as the arrays a jitted step applies them from (ht_jax.augment, ht_torch.augment):
   float32 colour values as NumPy's colour ops use them, and the crop's sampling rows and columns
@@ -377,10 +382,6 @@ def image_augmentation_inputs(draws: ImageAugmentationDraws, height: int, width:
   return {"flip": draws.flip, "hue_sixths": (6 * draws.hue).astype(np.float32),
           "brightness": draws.brightness.astype(np.float32), "contrast": draws.contrast.astype(np.float32),
           "crop_rows": rows, "crop_row_weights": row_weights, "crop_cols": cols, "crop_col_weights": col_weights}
-
-
-IMAGE_AUGMENTATION_INPUTS = ("flip", "hue_sixths", "brightness", "contrast", "crop_rows", "crop_row_weights",
-                             "crop_cols", "crop_col_weights")
 
 
 def apply_image_augmentations(images: np.ndarray, draws: ImageAugmentationDraws) -> np.ndarray:

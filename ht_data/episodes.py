@@ -304,16 +304,16 @@ class EpisodeSampler:
       index = np.concatenate([offset + out.draws for offset, out in zip(offsets, outputs)])
       shape = (len(plans), outputs[0].draws.size)
       inputs = None
-      if spec.image_augmentation:
-        draws = ImageAugmentationDraws.concatenate([out.image_aug for out in outputs])
-      if spec.image_augmentation and in_step:
-        batch_images = _levels(pixels[index])
-        inputs = {k: v.reshape(shape + v.shape[1:])
-                  for k, v in image_augmentation_inputs(draws, *batch_images.shape[1:3]).items()}
-      elif spec.image_augmentation:
-        batch_images = apply_image_augmentations(_normalise(pixels[index]), draws)
-      else:
+      if not spec.image_augmentation:
         batch_images = _normalise(pixels[index])
+      else:
+        draws = ImageAugmentationDraws.concatenate([out.image_aug for out in outputs])
+        if in_step:
+          batch_images = _levels(pixels[index])
+          inputs = {k: v.reshape(shape + v.shape[1:])
+                    for k, v in image_augmentation_inputs(draws, *batch_images.shape[1:3]).items()}
+        else:
+          batch_images = apply_image_augmentations(_normalise(pixels[index]), draws)
       rendered.append((batch_images.reshape(shape + batch_images.shape[1:]), labels[index].reshape(shape),
                        classes[index].reshape(shape), inputs))
     return rendered

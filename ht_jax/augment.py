@@ -2,9 +2,10 @@
 
 The host's sampler draws the augmentation and sends uint8 levels plus the draws
 (ht_data.augment.image_augmentation_inputs); the step applies them here, on the accelerator. It is
-ht_data.augment._augment_image_chunk op for op (the same float32 operations in the same order), so
-the images match the host path's to float rounding: the one difference is the contrast mean, here
-exact over the integer levels, there a float64 mean of float32 values (tests/test_augment.py).
+ht_data.augment._augment_image_chunk op for op (the same float32 operations in the same order),
+except the contrast mean, here exact over the integer levels. The images match the host path's to
+float rounding: XLA:CPU divides by a reciprocal and fuses multiply-adds, so a value can round one
+ulp away, and a pixel one uint8 level where that lands on a floor (tests/test_augment.py).
 Moving it off the host: on 84x84 RGB episodes the NumPy augmentation was 60 ms of the sampler's
 69 ms per episode, and a host that spends that on every episode cannot keep an accelerator fed.
 """
@@ -77,13 +78,15 @@ def augment_images(levels, inputs: dict):
   return columns.transpose(0, 2, 1, 3)
 
 
+_BATCH_KEYS = {f"{part}_{k}" for part in ("support", "query") for k in IMAGE_AUGMENTATION_INPUTS}
+
+
 def augment_batch(batch: dict) -> dict:
   """A step's batch with its support and query images augmented, when the sampler left that to the
   step (Episode.image_augmentation); otherwise the batch itself. Arrays are [B, n, ...]."""
   if "support_flip" not in batch:
     return batch
-  out = {k: v for k, v in batch.items() if not k.startswith(("support_", "query_")) or
-         k.split("_", 1)[1] not in IMAGE_AUGMENTATION_INPUTS}
+  out = {k: v for k, v in batch.items() if k not in _BATCH_KEYS}
   for part in ("support", "query"):
     images = batch[f"{part}_images"]
     leading = images.shape[:2]

@@ -31,9 +31,8 @@ def _shift_hue(pixels: torch.Tensor, hue_sixths: torch.Tensor) -> torch.Tensor:
   is_r, is_g = value == r, value == g
   sector = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g))
   sector = sector / torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-  offset = torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0))
-  sector = sector + offset.to(pixels.dtype)
-  sector = sector + hue_sixths[:, None, None]
+  sector = sector + torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0)).to(pixels.dtype)
+  sector = sector + hue_sixths[:, None, None]   # in [-1, 5] + [-1.2, 1.2]: _mod6's range below
   channels = []
   for n in (5, 3, 1):
     k = _mod6(sector + n)
@@ -69,13 +68,15 @@ def augment_images(levels: torch.Tensor, inputs: dict[str, torch.Tensor]) -> tor
   return columns.transpose(1, 2).contiguous()   # the model expects NHWC memory, not a transposed view
 
 
+_BATCH_KEYS = {f"{part}_{k}" for part in ("support", "query") for k in IMAGE_AUGMENTATION_INPUTS}
+
+
 def augment_batch(batch: dict, device: torch.device | str = "cpu") -> dict:
   """A step's batch with its support and query images augmented (tensors on `device`), when the
   sampler left that to the step (Episode.image_augmentation); otherwise the batch itself."""
   if "support_flip" not in batch:
     return batch
-  out = {k: v for k, v in batch.items() if not k.startswith(("support_", "query_")) or
-         k.split("_", 1)[1] not in IMAGE_AUGMENTATION_INPUTS}
+  out = {k: v for k, v in batch.items() if k not in _BATCH_KEYS}
   for part in ("support", "query"):
     images = torch.as_tensor(np.asarray(batch[f"{part}_images"]), device=device)
     leading = images.shape[:2]
