@@ -74,6 +74,38 @@ def test_band_blocks_narrow_with_channels_and_split_a_line_evenly():
   assert band_block(84, 1) == 14                                  # capped at BAND_WIDTH
 
 
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("size,channels,out_channels,padding", [
+    (28, 1, 8, "SAME"),    # Omniglot's first layer: blocks of 10, the last pooled column ragged
+    (14, 8, 8, "SAME"),    # its second: one block of 14 rounded up to 16
+    (10, 3, 5, "VALID"), (84, 3, 16, "SAME"), (16, 4, 6, "SAME")])
+def test_conv_max_pool_equals_conv_then_pool(size, channels, out_channels, padding, ties):
+  """conv2d_max_pool against max_pool_2x2(conv2d(...)): equal values, the same gradient for the
+  input (exactly: the same first maximum of each window, with ties everywhere in the integer case)
+  and the kernel's up to summation order, under jit and under vmap (per-episode kernels)."""
+  from ht_jax.model.layers import can_fuse_max_pool, conv2d_max_pool, one_episode_trace
+  rng = np.random.default_rng(size)
+  draw = (lambda shape: rng.integers(-2, 2, shape)) if ties else (lambda shape: rng.normal(size=shape))
+  x = jnp.asarray(draw((2, 3, size, size, channels)).astype(np.float32))
+  kernels = jnp.asarray(draw((2, 9 * channels, out_channels)).astype(np.float32))
+  assert can_fuse_max_pool(x[0], 3, 1, padding) and not can_fuse_max_pool(x[0, :, 1:, 1:], 3, 1, padding)
+  with one_episode_trace():
+    assert not can_fuse_max_pool(x[0], 3, 1, padding)        # lax.conv's path there
+  separate = lambda x, k: max_pool_2x2(conv2d(x, k, 3, 1, padding))
+  fused = lambda x, k: conv2d_max_pool(x, k, 3, padding)
+  upstream = jnp.asarray(rng.normal(size=(2,) + separate(x[0], kernels[0]).shape).astype(np.float32))
+  results = [jax.jit(jax.vmap(jax.value_and_grad(lambda x, k, u: (f(x, k) * u).sum(), (0, 1))))(x, kernels, upstream)
+             for f in (separate, fused)]
+  (want, (want_dx, want_dk)), (got, (got_dx, got_dk)) = results
+  np.testing.assert_allclose(fused(x[0], kernels[0]), separate(x[0], kernels[0]), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  if ties:   # integers: every sum is exact, so the routing must be too
+    np.testing.assert_array_equal(got_dx, want_dx)
+  np.testing.assert_allclose(got_dx, want_dx, rtol=1e-5, atol=1e-5)
+  assert float(jnp.mean(got_dx != 0)) > 0.1
+  np.testing.assert_allclose(got_dk, want_dk, atol=1e-4, rtol=1e-5)
+
+
 def test_max_pool_floors_and_batch_norm_uses_batch_statistics():
   x = jnp.arange(2 * 7 * 7 * 1, dtype=jnp.float32).reshape(2, 7, 7, 1)
   pooled = max_pool_2x2(x)
@@ -99,8 +131,9 @@ def test_max_pool_gradient_goes_to_the_first_maximum_as_in_torch():
   assert float(pooled) == pytest.approx(float((ty.detach() * torch.from_numpy(upstream).permute(0, 3, 1, 2)).sum()), rel=1e-6)
 
 
+@pytest.mark.parametrize("size", [9, 10])   # odd: conv, then max_pool_2x2; even: conv2d_max_pool
 @pytest.mark.parametrize("name", ["relu", "lrelu"])
-def test_activation_after_the_pool_equals_the_originals_activation_before_it(name):
+def test_activation_after_the_pool_equals_the_originals_activation_before_it(name, size):
   """ConvLayer pools before a monotone activation; the original activates first. Equal values and
   equal gradients for the input and the kernel, under jit, with ties in the pool windows (integer
   inputs) and windows whose maximum is negative or zero."""
@@ -109,9 +142,9 @@ def test_activation_after_the_pool_equals_the_originals_activation_before_it(nam
   plan = build_plan(omniglot_1shot_v1.get_config()).conv_layers[1]   # 3x3, 8 -> 8, SAME, pooled
   layer = ConvLayer(plan, name, False, False, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.integers(-2, 2, (4, 9, 9, 8)).astype(np.float32))
+  x = jnp.asarray(rng.integers(-2, 2, (4, size, size, 8)).astype(np.float32))
   kernel = jnp.asarray(rng.integers(-1, 2, (72, 8)).astype(np.float32))
-  upstream = rng.normal(size=(4, 4, 4, 8)).astype(np.float32)
+  upstream = rng.normal(size=(4, size // 2, size // 2, 8)).astype(np.float32)
 
   def original_order(x, k):
     y = max_pool_2x2(activation(name, CNN_LRELU_SLOPE)(conv2d(x, k, 3, 1, "SAME")))

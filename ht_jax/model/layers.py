@@ -181,20 +181,36 @@ def _band_conv_stride1_forward(x, kernel_matrix, kernel, pads):
 def _band_conv_stride1_backward(kernel, pads, residuals, g):
   windows, kernel_matrix = residuals
   n, ho, wo, out_channels = g.shape
-  channels = kernel_matrix.shape[0] // (kernel * kernel)
-  # dx[y, x, c] = sum over i, j, o of g[y + top - i, x + left - j, o] kernel[i, j, c, o]: the VALID
-  # convolution of g, padded by k - 1 - pad on each side, with kernel'[i, j, o, c] = kernel[k-1-i, k-1-j, c, o].
-  flipped = kernel_matrix.reshape(kernel, kernel, channels, out_channels)[::-1, ::-1].transpose(0, 1, 3, 2)
-  dx = _band_conv(g, flipped.reshape(-1, channels), kernel, 1,
-                  tuple((kernel - 1 - lo, kernel - 1 - hi) for lo, hi in pads))
-  # The kernel's gradient: the band's (windows^T g), folded back onto the k*k taps.
   block = band_block(wo, out_channels)
-  span = block + kernel - 1
   blocks = windows.shape[0] // (n * ho)
-  g = jnp.pad(g, ((0, 0), (0, 0), (0, blocks * block - wo), (0, 0))).reshape(n * ho * blocks, block * out_channels)
-  band_grad = (windows.T @ g).reshape(kernel, span, channels, block, out_channels)
-  kernel_grad = jnp.einsum("jab,iacbo->ijco", _taps(kernel, 1, span, block).astype(g.dtype), band_grad)
-  return dx, kernel_grad.reshape(-1, out_channels)
+  g_rows = jnp.pad(g, ((0, 0), (0, 0), (0, blocks * block - wo), (0, 0))).reshape(n * ho * blocks, block * out_channels)
+  return _input_grad(g, kernel_matrix, kernel, pads), _kernel_grad(windows, g_rows, kernel, block)
+
+
+def _input_grad(g, kernel_matrix, kernel, pads):
+  """A stride-1 convolution's input gradient from its output's gradient g [n, Ho, Wo, O]:
+  dx[y, x, c] = sum over i, j, o of g[y + top - i, x + left - j, o] kernel[i, j, c, o], the VALID
+  band convolution of g, padded by k - 1 - pad on each side, with the flipped kernel
+  kernel'[i, j, o, c] = kernel[k-1-i, k-1-j, c, o]."""
+  out_channels = g.shape[-1]
+  channels = kernel_matrix.shape[0] // (kernel * kernel)
+  flipped = kernel_matrix.reshape(kernel, kernel, channels, out_channels)[::-1, ::-1].transpose(0, 1, 3, 2)
+  return _band_conv(g, flipped.reshape(-1, channels), kernel, 1,
+                    tuple((kernel - 1 - lo, kernel - 1 - hi) for lo, hi in pads))
+
+
+def _kernel_grad(windows, g_rows, kernel, block, column_order=None):
+  """The kernel's gradient [k*k*C, O]: the band's (windows^T g_rows), folded back onto the k*k
+  taps. g_rows [rows, block*O] is the output's gradient in the band's layout, whose block columns
+  come in `column_order`."""
+  out_channels = g_rows.shape[-1] // block
+  span = block + kernel - 1
+  channels = windows.shape[-1] // (kernel * span)
+  band_grad = (windows.T @ g_rows).reshape(kernel, span, channels, block, out_channels)
+  taps = _taps(kernel, 1, span, block)
+  if column_order is not None:
+    taps = taps[:, :, column_order]
+  return jnp.einsum("jab,iacbo->ijco", taps.astype(g_rows.dtype), band_grad).reshape(-1, out_channels)
 
 
 _band_conv_stride1.defvjp(_band_conv_stride1_forward, _band_conv_stride1_backward)
@@ -238,3 +254,114 @@ def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
   mean = x.mean(axis=(0, 1, 2))
   var = jnp.square(x - mean).mean(axis=(0, 1, 2))
   return (x - mean) * jax.lax.rsqrt(var + BN_EPSILON) * scale + bias
+
+
+# --- Convolution and 2x2 max-pool in one band -----------------------------------------------------
+
+
+def pooled_band_block(out_width: int, out_channels: int) -> int:
+  """band_block rounded up to an even width, so that every pool window lies inside one block."""
+  block = band_block(out_width, out_channels)
+  return block + block % 2
+
+
+def can_fuse_max_pool(x: jax.Array, kernel: int, stride: int, padding: str) -> bool:
+  """conv2d_max_pool applies: the band path (outside one_episode_trace), stride 1, an even output."""
+  if _ONE_EPISODE.get() or stride != 1:
+    return False
+  (top, bottom), (left, right) = _pads(x, kernel, stride, padding)
+  ho, wo = x.shape[1] + top + bottom - kernel + 1, x.shape[2] + left + right - kernel + 1
+  return ho % 2 == 0 and wo % 2 == 0
+
+
+def conv2d_max_pool(x: jax.Array, kernel_matrix: jax.Array, kernel: int, padding: str) -> jax.Array:
+  """max_pool_2x2(conv2d(x, kernel_matrix, kernel, 1, padding)) for an even output size
+  (can_fuse_max_pool), equal in value and gradient, with the band's outputs laid out by pool corner.
+
+  The band's rows (output lines) come even lines first, then odd ones, and its columns even
+  columns of a block first, then odd ones, so the four corners of every pool window are four
+  contiguous slabs of the matmul's output: the pool is an elementwise maximum of them, and its
+  backward writes the gradient straight into the band's layout, where the kernel's gradient reads
+  it. Apart, the pool reduced a [.., 2, .., 2, C] view and its backward transposed the routed
+  gradient back and padded it into band blocks, strided passes over the largest maps of the step
+  (README, Speed)."""
+  return _conv_max_pool(x, kernel_matrix, kernel, _pads(x, kernel, 1, padding))
+
+
+def _corner_order(block: int) -> np.ndarray:
+  """Block columns in the band's column order: even ones, then odd ones."""
+  return np.concatenate([np.arange(0, block, 2), np.arange(1, block, 2)])
+
+
+def _conv_by_corner(x, kernel_matrix, kernel, pads):
+  """The convolution's output [n, 2, Ho/2, blocks, 2, block/2, O] (line parity, line pair, block,
+  column parity, column pair, channel) and the band's windows [n*Ho*blocks, k*span*C]."""
+  n, h, w, c = x.shape
+  (top, bottom), (left, right) = pads
+  ho, wo = h + top + bottom - kernel + 1, w + left + right - kernel + 1
+  out_channels = kernel_matrix.shape[-1]
+  block = pooled_band_block(wo, out_channels)
+  blocks = -(-wo // block)
+  span = block + kernel - 1
+  needed = blocks * block + kernel - 1
+  x = jnp.pad(x, ((0, 0), (top, bottom), (left, max(right, needed - w - left)), (0, 0)))
+  lines = lambda parity, i: x[:, parity + i:parity + i + ho - 1:2]        # the i-th input line of each output line
+  windows = jnp.stack([jnp.stack([jnp.stack([lines(parity, i)[:, :, b * block:b * block + span] for i in range(kernel)],
+                                            axis=2) for b in range(blocks)], axis=2)
+                       for parity in (0, 1)], axis=1)                       # [n, 2, Ho/2, blocks, k, span, C]
+  windows = windows.reshape(n * ho * blocks, kernel * span * c)
+  taps = _taps(kernel, 1, span, block)[:, :, _corner_order(block)]    # band columns by corner
+  band = jnp.einsum("jab,ijco->iacbo", taps.astype(kernel_matrix.dtype),
+                    kernel_matrix.reshape(kernel, kernel, c, -1)).reshape(kernel * span * c, -1)
+  out = (windows @ band).reshape(n, 2, ho // 2, blocks, 2, block // 2, out_channels)
+  return out, windows
+
+
+def _pooled(out, wo):
+  """The pool's output [n, Ho/2, Wo/2, O] from the corner layout: the maximum of the four corners."""
+  n, _, h2, blocks, _, half, o = out.shape
+  pooled = jnp.maximum(jnp.maximum(out[:, 0, :, :, 0], out[:, 0, :, :, 1]),
+                       jnp.maximum(out[:, 1, :, :, 0], out[:, 1, :, :, 1]))
+  return pooled.reshape(n, h2, blocks * half, o)[:, :, :wo // 2]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_max_pool(x, kernel_matrix, kernel, pads):
+  out, _ = _conv_by_corner(x, kernel_matrix, kernel, pads)
+  return _pooled(out, _out_width(x, kernel, pads))
+
+
+def _out_width(x, kernel, pads):
+  return x.shape[2] + sum(pads[1]) - kernel + 1
+
+
+def _conv_max_pool_forward(x, kernel_matrix, kernel, pads):
+  out, windows = _conv_by_corner(x, kernel_matrix, kernel, pads)
+  return _pooled(out, _out_width(x, kernel, pads)), (windows, kernel_matrix, out)
+
+
+def _conv_max_pool_backward(kernel, pads, residuals, g):
+  windows, kernel_matrix, out = residuals
+  n, _, h2, blocks, _, half, out_channels = out.shape
+  block = 2 * half
+  # The first maximum of each window in row-major order (corners 00, 01, 10, 11), as torch routes
+  # it; found in the saved conv output itself, so the comparison cannot disagree with the forward.
+  corners = [out[:, i, :, :, j] for i in (0, 1) for j in (0, 1)]
+  top = jnp.maximum(jnp.maximum(corners[0], corners[1]), jnp.maximum(corners[2], corners[3]))
+  wo = 2 * g.shape[2]
+  g = jnp.pad(g, ((0, 0), (0, 0), (0, blocks * half - g.shape[2]), (0, 0))).reshape(top.shape)
+  taken, routed = jnp.zeros(top.shape, bool), []
+  for corner in corners:
+    first = (corner == top) & ~taken
+    routed.append(jnp.where(first, g, 0.0))
+    taken = taken | first
+  g_out = jnp.stack([jnp.stack(routed[:2], axis=3), jnp.stack(routed[2:], axis=3)], axis=1)  # [n, 2, Ho/2, blocks, 2, half, O]
+  kernel_grad = _kernel_grad(windows, g_out.reshape(windows.shape[0], block * out_channels), kernel, block,
+                             _corner_order(block))
+  # The input's gradient needs the conv output's gradient back in [n, Ho, Wo, O].
+  g_conv = g_out.transpose(0, 2, 1, 3, 5, 4, 6).reshape(n, 2 * h2, blocks * block, out_channels)[:, :, :wo]
+  return _input_grad(g_conv, kernel_matrix, kernel, pads), kernel_grad
+
+
+_conv_max_pool.defvjp(_conv_max_pool_forward, _conv_max_pool_backward)
+
