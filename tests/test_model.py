@@ -72,6 +72,8 @@ def test_band_blocks_narrow_with_channels_and_split_a_line_evenly():
   assert band_block(28, 8) == 10                                  # 3 blocks of 10, not 12 + 12 + 4
   assert band_block(21, 16) == 6 and band_block(3, 8) == 3        # 4 blocks of 6 (24 columns); a short line
   assert band_block(84, 1) == 14                                  # capped at BAND_WIDTH
+  from ht_jax.model.layers import pooled_band_block                # even, so pool windows never straddle blocks
+  assert pooled_band_block(28, 8) == 10 and pooled_band_block(14, 8) == 8 and pooled_band_block(84, 16) == 6
 
 
 @pytest.mark.parametrize("ties", [False, True])
