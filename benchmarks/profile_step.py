@@ -47,8 +47,11 @@ def op_times(trace_dir: pathlib.Path) -> tuple[collections.Counter, collections.
 def op_scopes(hlo_text: str) -> dict[str, str]:
   """HLO instruction name -> "model part (forward|backward)", from the op_name metadata that
   jax.named_scope writes, e.g. "jit(train_step)/transpose(jvp(vmap(cnn_query/conv)))/dot_general"
-  -> "cnn_query/conv (backward)". Ops outside every scope (loss, optimiser) are "other"."""
-  scopes = {}
+  -> "cnn_query/conv (backward)". Ops outside every scope (loss, optimiser) are "other"; ops
+  without op_name metadata are ones XLA inserted itself, mostly layout transposes and copies
+  (the feature extractors' kernel gradients take their operands transposed)."""
+  scopes = {match.group(1): "XLA-inserted copies (no model scope)"
+            for match in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = (?![^\n]*op_name=)", hlo_text, re.MULTILINE)}
   for match in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\";]*)", hlo_text, re.MULTILINE):
     name, path = match.groups()
     path = path.split("/", 1)[1] if "/" in path else ""          # drop jit(train_step)
@@ -92,7 +95,7 @@ def main():
         f"({total / 1e6 / args.steps / args.episodes:.2f} ms per episode)")
   by_scope = collections.Counter()
   for name, ns in by_op.items():
-    by_scope[scopes.get(name, "other (runtime)")] += ns
+    by_scope[scopes.get(name, "runtime (not an XLA op)")] += ns
   print("\n| model part | ms per episode | share |\n|---|---|---|")
   for name, ns in by_scope.most_common():
     print(f"| {name} | {ns / 1e6 / args.steps / args.episodes:.2f} | {100 * ns / total:.1f}% |")
