@@ -59,24 +59,19 @@ class ConvLayer(nnx.Module):
     # map 4x smaller: one pass over the full-size conv output fewer, 1.06x the Omniglot step (README).
     # So does a per-channel bias; the band then pools as it convolves (conv2d_max_pool).
     pool_first = p.pool and self.activation_name in MONOTONE_ACTIVATIONS
-    if pool_first and can_fuse_max_pool(x, p.kernel, p.stride, p.padding):
-      with jax.named_scope("conv_max_pool"):
-        y = conv2d_max_pool(x, weights["kernel"], p.kernel, p.padding)
-      if "bias" in weights:
-        y = y + weights["bias"]
+    fused = pool_first and can_fuse_max_pool(x, p.kernel, p.stride, p.padding)
+    with jax.named_scope("conv_max_pool" if fused else "conv"):
+      y = (conv2d_max_pool(x, weights["kernel"], p.kernel, p.padding) if fused
+           else conv2d(x, weights["kernel"], p.kernel, p.stride, p.padding))
+    if "bias" in weights:   # per channel: before or after the pool, the same
+      y = y + weights["bias"]
+    if not pool_first:
       y = act(y)
-    else:
-      with jax.named_scope("conv"):
-        y = conv2d(x, weights["kernel"], p.kernel, p.stride, p.padding)
-      if "bias" in weights:
-        y = y + weights["bias"]
-      if not pool_first:
-        y = act(y)
-      if p.pool:
-        with jax.named_scope("max_pool"):
-          y = max_pool_2x2(y)
-      if pool_first:
-        y = act(y)
+    if p.pool and not fused:
+      with jax.named_scope("max_pool"):
+        y = max_pool_2x2(y)
+    if pool_first:
+      y = act(y)
     if p.generate_bn:
       scale, bias = weights["bn_scale"], weights["bn_bias"]
     elif query_pass and hasattr(self, "eval_bn_scale"):

@@ -133,12 +133,18 @@ def _band_conv_and_windows(x, kernel_matrix, kernel, stride, pads):
   return out.reshape(x.shape[0], ho, -1, kernel_matrix.shape[-1])[:, :, :wo], windows
 
 
+def _out_size(x, kernel, stride, pads):
+  """(Ho, Wo) of a convolution of x [n, H, W, C] with explicit pads ((top, bottom), (left, right))."""
+  (top, bottom), (left, right) = pads
+  return (x.shape[1] + top + bottom - kernel) // stride + 1, (x.shape[2] + left + right - kernel) // stride + 1
+
+
 def _band_windows(x, kernel, stride, pads, out_channels):
   """The matmul's left operand [n*Ho*blocks, k*span*C]: for each output line y and block b, the
   k input lines and `span` columns that block reads. Also (Ho, Wo, block, span)."""
   n, h, w, c = x.shape
   (top, bottom), (left, right) = pads
-  ho, wo = (h + top + bottom - kernel) // stride + 1, (w + left + right - kernel) // stride + 1
+  ho, wo = _out_size(x, kernel, stride, pads)
   block = band_block(wo, out_channels)
   blocks = -(-wo // block)
   span = (block - 1) * stride + kernel                       # input columns one block reads
@@ -150,15 +156,17 @@ def _band_windows(x, kernel, stride, pads, out_channels):
   return windows.reshape(n * ho * blocks, kernel * span * c), (ho, wo, block, span)
 
 
-def _taps(kernel, stride, span, block):
-  """taps[j, a, b] = 1 where block column b reads span column a through kernel column j."""
-  return (np.arange(span)[None, :, None] == np.arange(block)[None, None, :] * stride
+def _taps(kernel, stride, span, block, column_order=None):
+  """taps[j, a, b] = 1 where block column b reads span column a through kernel column j; the
+  block columns in `column_order` (default: left to right)."""
+  columns = np.arange(block) if column_order is None else column_order
+  return (np.arange(span)[None, :, None] == columns[None, None, :] * stride
           + np.arange(kernel)[:, None, None]).astype(np.float32)
 
 
-def _band(kernel_matrix, kernel, stride, channels, span, block):
+def _band(kernel_matrix, kernel, stride, channels, span, block, column_order=None):
   """band[i, a, c, b, o] = kernel[i, a - b*stride, c, o] where 0 <= a - b*stride < k, else 0."""
-  band = jnp.einsum("jab,ijco->iacbo", _taps(kernel, stride, span, block).astype(kernel_matrix.dtype),
+  band = jnp.einsum("jab,ijco->iacbo", _taps(kernel, stride, span, block, column_order).astype(kernel_matrix.dtype),
                     kernel_matrix.reshape(kernel, kernel, channels, -1))
   return band.reshape(kernel * span * channels, -1)
 
@@ -207,10 +215,8 @@ def _kernel_grad(windows, g_rows, kernel, block, column_order=None):
   span = block + kernel - 1
   channels = windows.shape[-1] // (kernel * span)
   band_grad = (windows.T @ g_rows).reshape(kernel, span, channels, block, out_channels)
-  taps = _taps(kernel, 1, span, block)
-  if column_order is not None:
-    taps = taps[:, :, column_order]
-  return jnp.einsum("jab,iacbo->ijco", taps.astype(g_rows.dtype), band_grad).reshape(-1, out_channels)
+  taps = _taps(kernel, 1, span, block, column_order).astype(g_rows.dtype)
+  return jnp.einsum("jab,iacbo->ijco", taps, band_grad).reshape(-1, out_channels)
 
 
 _band_conv_stride1.defvjp(_band_conv_stride1_forward, _band_conv_stride1_backward)
@@ -269,8 +275,7 @@ def can_fuse_max_pool(x: jax.Array, kernel: int, stride: int, padding: str) -> b
   """conv2d_max_pool applies: the band path (outside one_episode_trace), stride 1, an even output."""
   if _ONE_EPISODE.get() or stride != 1:
     return False
-  (top, bottom), (left, right) = _pads(x, kernel, stride, padding)
-  ho, wo = x.shape[1] + top + bottom - kernel + 1, x.shape[2] + left + right - kernel + 1
+  ho, wo = _out_size(x, kernel, 1, _pads(x, kernel, 1, padding))
   return ho % 2 == 0 and wo % 2 == 0
 
 
@@ -298,7 +303,7 @@ def _conv_by_corner(x, kernel_matrix, kernel, pads):
   column parity, column pair, channel) and the band's windows [n*Ho*blocks, k*span*C]."""
   n, h, w, c = x.shape
   (top, bottom), (left, right) = pads
-  ho, wo = h + top + bottom - kernel + 1, w + left + right - kernel + 1
+  ho, wo = _out_size(x, kernel, 1, pads)
   out_channels = kernel_matrix.shape[-1]
   block = pooled_band_block(wo, out_channels)
   blocks = -(-wo // block)
@@ -310,9 +315,7 @@ def _conv_by_corner(x, kernel_matrix, kernel, pads):
                                             axis=2) for b in range(blocks)], axis=2)
                        for parity in (0, 1)], axis=1)                       # [n, 2, Ho/2, blocks, k, span, C]
   windows = windows.reshape(n * ho * blocks, kernel * span * c)
-  taps = _taps(kernel, 1, span, block)[:, :, _corner_order(block)]    # band columns by corner
-  band = jnp.einsum("jab,ijco->iacbo", taps.astype(kernel_matrix.dtype),
-                    kernel_matrix.reshape(kernel, kernel, c, -1)).reshape(kernel * span * c, -1)
+  band = _band(kernel_matrix, kernel, 1, c, span, block, _corner_order(block))   # columns by corner
   out = (windows @ band).reshape(n, 2, ho // 2, blocks, 2, block // 2, out_channels)
   return out, windows
 
@@ -328,16 +331,12 @@ def _pooled(out, wo):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_max_pool(x, kernel_matrix, kernel, pads):
   out, _ = _conv_by_corner(x, kernel_matrix, kernel, pads)
-  return _pooled(out, _out_width(x, kernel, pads))
-
-
-def _out_width(x, kernel, pads):
-  return x.shape[2] + sum(pads[1]) - kernel + 1
+  return _pooled(out, _out_size(x, kernel, 1, pads)[1])
 
 
 def _conv_max_pool_forward(x, kernel_matrix, kernel, pads):
   out, windows = _conv_by_corner(x, kernel_matrix, kernel, pads)
-  return _pooled(out, _out_width(x, kernel, pads)), (windows, kernel_matrix, out)
+  return _pooled(out, _out_size(x, kernel, 1, pads)[1]), (windows, kernel_matrix, out)
 
 
 def _conv_max_pool_backward(kernel, pads, residuals, g):
