@@ -285,7 +285,7 @@ def conv2d_max_pool(x: jax.Array, kernel_matrix: jax.Array, kernel: int, padding
 
   The band's rows (output lines) come even lines first, then odd ones, and its columns even
   columns of a block first, then odd ones, so the four corners of every pool window are four
-  contiguous slabs of the matmul's output: the pool is an elementwise maximum of them, and its
+  contiguous slabs of the matmul's output: the pool is a maximum over them (_pool_corners), and its
   backward writes the gradient straight into the band's layout, where the kernel's gradient reads
   it. Apart, the pool reduced a [.., 2, .., 2, C] view and its backward transposed the routed
   gradient back and padded it into band blocks, strided passes over the largest maps of the step
@@ -320,33 +320,40 @@ def _conv_by_corner(x, kernel_matrix, kernel, pads):
   return out, windows
 
 
-def _pooled(out, wo):
-  """The pool's output [n, Ho/2, Wo/2, O] from the corner layout: the maximum of the four corners."""
-  n, _, h2, blocks, _, half, o = out.shape
-  pooled = jnp.maximum(jnp.maximum(out[:, 0, :, :, 0], out[:, 0, :, :, 1]),
-                       jnp.maximum(out[:, 1, :, :, 0], out[:, 1, :, :, 1]))
-  return pooled.reshape(n, h2, blocks * half, o)[:, :, :wo // 2]
+def _pool_corners(out):
+  """The maximum of the four corners [n, Ho/2, blocks, block/2, O], as a reduce: XLA fuses an
+  elementwise maximum of the four slabs into each of its consumers (the activation, BatchNorm's
+  passes, the next band's padding, the backward), every one of them then reading the full-size
+  conv output again; a reduce it computes once. 1.07x the Omniglot 1-shot step at 16 episodes per
+  step, 1.13x with the backward reusing it (README, Speed)."""
+  return out.max(axis=(1, 4))
+
+
+def _crop(top, wo):
+  """The pool's output [n, Ho/2, Wo/2, O] from _pool_corners' [n, Ho/2, blocks, block/2, O]."""
+  n, h2, blocks, half, o = top.shape
+  return top.reshape(n, h2, blocks * half, o)[:, :, :wo // 2]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_max_pool(x, kernel_matrix, kernel, pads):
   out, _ = _conv_by_corner(x, kernel_matrix, kernel, pads)
-  return _pooled(out, _out_size(x, kernel, 1, pads)[1])
+  return _crop(_pool_corners(out), _out_size(x, kernel, 1, pads)[1])
 
 
 def _conv_max_pool_forward(x, kernel_matrix, kernel, pads):
   out, windows = _conv_by_corner(x, kernel_matrix, kernel, pads)
-  return _pooled(out, _out_size(x, kernel, 1, pads)[1]), (windows, kernel_matrix, out)
+  top = _pool_corners(out)
+  return _crop(top, _out_size(x, kernel, 1, pads)[1]), (windows, kernel_matrix, out, top)
 
 
 def _conv_max_pool_backward(kernel, pads, residuals, g):
-  windows, kernel_matrix, out = residuals
+  windows, kernel_matrix, out, top = residuals
   n, _, h2, blocks, _, half, out_channels = out.shape
   block = 2 * half
   # The first maximum of each window in row-major order (corners 00, 01, 10, 11), as torch routes
-  # it; found in the saved conv output itself, so the comparison cannot disagree with the forward.
+  # it; compared with the forward's own maximum (exact), so the comparison cannot disagree with it.
   corners = [out[:, i, :, :, j] for i in (0, 1) for j in (0, 1)]
-  top = jnp.maximum(jnp.maximum(corners[0], corners[1]), jnp.maximum(corners[2], corners[3]))
   wo = 2 * g.shape[2]
   g = jnp.pad(g, ((0, 0), (0, 0), (0, blocks * half - g.shape[2]), (0, 0))).reshape(top.shape)
   taken, routed = jnp.zeros(top.shape, bool), []
