@@ -47,15 +47,18 @@ def op_times(trace_dir: pathlib.Path) -> tuple[collections.Counter, collections.
 def op_scopes(hlo_text: str) -> dict[str, str]:
   """HLO instruction name -> "model part (forward|backward)", from the op_name metadata that
   jax.named_scope writes, e.g. "jit(train_step)/transpose(jvp(vmap(cnn_query/conv)))/dot_general"
-  -> "cnn_query/conv (backward)". Ops outside every scope (loss, optimiser) are "other"; ops
-  without op_name metadata are ones XLA inserted itself, mostly layout transposes and copies
-  (the feature extractors' kernel gradients take their operands transposed)."""
+  -> "cnn_query/conv (backward)"; a nested jit's name (jit(_pad), jit(relu)) is dropped, so the
+  padding and activations count to the scope that called them. Ops outside every scope (loss,
+  optimiser) are "other"; ops without op_name metadata are ones XLA inserted itself, mostly
+  layout transposes and copies (the feature extractors' kernel gradients take their operands
+  transposed)."""
   scopes = {match.group(1): "XLA-inserted copies (no model scope)"
             for match in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = (?![^\n]*op_name=)", hlo_text, re.MULTILINE)}
   for match in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\";]*)", hlo_text, re.MULTILINE):
     name, path = match.groups()
     path = path.split("/", 1)[1] if "/" in path else ""          # drop jit(train_step)
     direction = "backward" if path.startswith("transpose(") else "forward"
+    path = re.sub(r"/jit\([\w.]*\)", "", path)                   # a/jit(_pad)/pad -> a/pad (nested jits)
     while (inner := re.match(r"^\w+\((.*)\)(/[^()]*)?$", path)):  # jvp(vmap(a))/b/op -> a/b/op
       path = inner.group(1) + (inner.group(2) or "")
     parts = [p for p in path.split("/")[:-1] if p] if "(" not in path else []

@@ -100,7 +100,10 @@ def test_profile_ops_are_attributed_to_the_model_part_that_made_them():
       '  %fusion.1 = f32[2]{0} fusion(%p), metadata={op_name="jit(train_step)/jvp(vmap(cnn_query))/conv/dot_general" stack_frame_id=1}',
       '  ROOT %dot.2 = f32[2]{0} dot(%a, %b), metadata={op_name="jit(train_step)/transpose(jvp(vmap(generator)))/transformer/dot_general"}',
       '  %add.3 = f32[2]{0} add(%a, %b), metadata={op_name="jit(train_step)/add"}',
-      '  %transpose_copy_fusion.4 = f32[2]{0} fusion(%a), kind=kLoop, calls=%fused_computation.4'])
+      '  %transpose_copy_fusion.4 = f32[2]{0} fusion(%a), kind=kLoop, calls=%fused_computation.4',
+      '  %pad.5 = f32[2]{0} pad(%a, %b), metadata={op_name="jit(train_step)/jvp(vmap(cnn_query))/conv_max_pool/jit(_pad)/pad"}',
+      '  %max.6 = f32[2]{0} maximum(%a, %b), metadata={op_name="jit(train_step)/transpose(jvp(vmap(cnn_support)))/jit(relu)/max"}'])
   assert op_scopes(hlo) == {"fusion.1": "cnn_query/conv (forward)", "dot.2": "generator/transformer (backward)",
                             "add.3": "other (forward)",
-                            "transpose_copy_fusion.4": "XLA-inserted copies (no model scope)"}
+                            "transpose_copy_fusion.4": "XLA-inserted copies (no model scope)",
+                            "pad.5": "cnn_query/conv_max_pool (forward)", "max.6": "cnn_support (backward)"}
