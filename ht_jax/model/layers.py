@@ -337,8 +337,7 @@ def _crop(top, wo):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_max_pool(x, kernel_matrix, kernel, pads):
-  out, _ = _conv_by_corner(x, kernel_matrix, kernel, pads)
-  return _crop(_pool_corners(out), _out_size(x, kernel, 1, pads)[1])
+  return _conv_max_pool_forward(x, kernel_matrix, kernel, pads)[0]   # unused residuals: dead code to XLA
 
 
 def _conv_max_pool_forward(x, kernel_matrix, kernel, pads):
