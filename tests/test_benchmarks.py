@@ -107,3 +107,32 @@ def test_profile_ops_are_attributed_to_the_model_part_that_made_them():
                             "add.3": "other (forward)",
                             "transpose_copy_fusion.4": "XLA-inserted copies (no model scope)",
                             "pad.5": "cnn_query/conv_max_pool (forward)", "max.6": "cnn_support (backward)"}
+
+
+def test_cores_summary_takes_medians_and_per_round_ratios():
+  from benchmarks.cores import summarise
+  rounds = [{"one core": 50.0, "pinned processes": 90.0, "one free process": 60.0},
+            {"one core": 40.0, "pinned processes": 100.0, "one free process": 80.0},
+            {"one core": 60.0, "pinned processes": 120.0, "one free process": 90.0}]
+  out = summarise(rounds)
+  assert out["one core"] == {"median": 50.0, "min": 40.0, "max": 60.0}
+  assert out["pinned processes"]["median"] == 100.0
+  # Ratios are taken per round, then their median: 1.5, 1.25, 1.333 -> 1.333 (a ratio of the
+  # medians, 100 / 80, would be 1.25).
+  assert out["pinned_over_free"] == pytest.approx(120.0 / 90.0)
+  assert out["free_over_one_core"] == pytest.approx(1.5)   # 1.2, 2.0, 1.5
+
+
+def test_cores_benchmark_times_pinned_and_free_workers():
+  """End to end on the tiny model: workers start on the right cores, report rates, exit."""
+  import os
+  if len(os.sched_getaffinity(0)) < 2:
+    pytest.skip("needs two cores")
+  from benchmarks import cores
+  result = cores.measure("quickstart:tiny", episodes=2, rounds=2, seconds=0.1)
+  cpus = sorted(os.sched_getaffinity(0))
+  assert result["worker_cores"] == [[c] for c in cpus] + [cpus]   # one per core, then one on all
+  assert result["cores"] == len(cpus) and len(result["rounds"]) == 2
+  for r in result["rounds"]:
+    assert all(rate > 0 for rate in r.values())
+  assert "pinned processes at once" in cores.table(result)

@@ -1,0 +1,168 @@
+"""How much of the cores does one JAX process use? `python -m benchmarks.cores [--config
+omniglot_1shot_v1] [--episodes 16] [--rounds 10] [--seconds 2]`.
+
+Starts K + 1 worker processes of the same compiled training step, K the cores this process may
+use: one pinned to each core, and one free on all K (XLA:CPU sizes its thread pool to the cores a
+process may run on, so a pinned worker runs every op on one thread). Each round times the first
+pinned worker alone (one core), then all K pinned workers at the same time (independent
+single-threaded streams that share only the machine), then the free worker (one process and its
+K threads). The three alternate, so the machine's drift touches them alike; the table gives
+medians over rounds and the medians of the per-round ratios. Writes benchmarks/results/cores.json.
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__":   # first, before jax loads: the command restarts with mimalloc
+  from ht_jax.allocator import restart_with_mimalloc   # (ht_jax/allocator.py; HT_ALLOCATOR=system: off)
+  restart_with_mimalloc()
+
+import argparse
+import importlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from benchmarks import common
+
+
+def load_config(spec: str):
+  """configs/<name>.py's config; "name:arg" passes arg to get_config (quickstart:tiny)."""
+  name, _, arg = spec.partition(":")
+  return importlib.import_module(f"configs.{name}").get_config(arg or None)
+
+
+def worker(config_spec: str, episodes: int) -> None:
+  """Compiles the step, prints "ready", then for each stdin line N runs N steps and prints the
+  episodes per second. Pinned (or not) by the parent before JAX starts its threads."""
+  import jax
+  from ht_jax.optimizer import make_optimizer
+  from ht_jax.train import create_model, make_train_step
+  config = load_config(config_spec)
+  config.train.episodes_per_step = episodes
+  batches = [jax.device_put(b) for b in common.training_batches(config, episodes, 2)]
+  graphdef, params = create_model(config, seed=0)
+  tx = make_optimizer(config.train)
+  opt_state = tx.init(params)
+  key = jax.random.key(0)
+  step = make_train_step(graphdef, config, tx).lower(params, opt_state, batches[0], key).compile()
+  state = {"params": params, "opt_state": opt_state}
+
+  def run_steps(n):
+    metrics = None
+    for i in range(n):
+      state["params"], state["opt_state"], metrics = step(state["params"], state["opt_state"], batches[i % 2], key)
+    jax.block_until_ready(metrics)
+
+  common.warm_up(run_steps)
+  print("ready", *sorted(os.sched_getaffinity(0)), flush=True)   # the cores it ran on
+  for line in sys.stdin:
+    started = time.perf_counter()
+    run_steps(int(line))
+    print(f"{int(line) * episodes / (time.perf_counter() - started):.4f}", flush=True)
+
+
+class Worker:
+  """A worker process, on the given cores, driven over its stdin and stdout."""
+
+  def __init__(self, cores: set[int], config_spec: str, episodes: int):
+    self.process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.cores", "--worker", "--config", config_spec, "--episodes", str(episodes)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=common.REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"}, preexec_fn=lambda: os.sched_setaffinity(0, cores))
+
+  def wait_ready(self) -> list[int]:
+    """Blocks until the worker has compiled; the cores it runs on."""
+    for line in self.process.stdout:
+      if line.startswith("ready"):
+        return [int(c) for c in line.split()[1:]]
+    raise RuntimeError(f"a benchmark worker exited with status {self.process.wait()} before its first step; "
+                       f"run `python -m benchmarks.cores --worker` alone to see its error.")
+
+  def start(self, steps: int) -> None:
+    self.process.stdin.write(f"{steps}\n")
+    self.process.stdin.flush()
+
+  def rate(self) -> float:
+    return float(self.process.stdout.readline())
+
+  def close(self) -> None:
+    self.process.kill()
+    self.process.wait()
+
+
+def summarise(rounds: list[dict[str, float]]) -> dict:
+  """Medians over rounds of each mode's episodes/s, and medians of the per-round ratios."""
+  modes = rounds[0].keys()
+  out = {m: {"median": statistics.median(r[m] for r in rounds), "min": min(r[m] for r in rounds),
+             "max": max(r[m] for r in rounds)} for m in modes}
+  out["pinned_over_free"] = statistics.median(r["pinned processes"] / r["one free process"] for r in rounds)
+  out["free_over_one_core"] = statistics.median(r["one free process"] / r["one core"] for r in rounds)
+  return out
+
+
+def measure(config_spec: str, episodes: int, rounds: int, seconds: float) -> dict:
+  cores = sorted(os.sched_getaffinity(0))
+  if len(cores) < 2:
+    raise SystemExit(f"benchmarks.cores compares processes on several cores; this process may use only "
+                     f"{len(cores)} (check taskset or the container's CPU limit).")
+  workers = [Worker({c}, config_spec, episodes) for c in cores] + [Worker(set(cores), config_spec, episodes)]
+  try:
+    worker_cores = [w.wait_ready() for w in workers]
+    *pinned, free = workers
+    # Steps per timed block: about `seconds` on one core, measured once.
+    pinned[0].start(2)
+    steps = max(2, round(seconds * pinned[0].rate() / episodes))
+    results = []
+    for _ in range(rounds):
+      pinned[0].start(steps)
+      one_core = pinned[0].rate()
+      for w in pinned:
+        w.start(steps)
+      together = sum(w.rate() for w in pinned)
+      free.start(steps * len(pinned))
+      results.append({"one core": one_core, "pinned processes": together, "one free process": free.rate()})
+  finally:
+    for w in workers:
+      w.close()
+  return {"config": config_spec, "episodes_per_step": episodes, "cores": len(cores), "steps_per_block": steps,
+          "worker_cores": worker_cores,
+          "rounds": results, **summarise(results)}
+
+
+def table(result: dict) -> str:
+  k = result["cores"]
+  names = {"one core": "one process pinned to one core",
+           "pinned processes": f"{k} pinned processes at once (summed)",
+           "one free process": f"one process on all {k} cores"}
+  lines = [f"| {result['config']}, {result['episodes_per_step']} episodes/step | episodes/s median (min-max) |",
+           "|---|---|"]
+  for mode, name in names.items():
+    r = result[mode]
+    lines.append(f"| {name} | {r['median']:.1f} ({r['min']:.1f}-{r['max']:.1f}) |")
+  lines.append(f"\nOne process on {k} cores: {result['free_over_one_core']:.2f}x one core; {k} pinned processes: "
+               f"{result['pinned_over_free']:.2f}x the one process (medians of per-round ratios, "
+               f"{len(result['rounds'])} rounds).")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="omniglot_1shot_v1", help="a configs/ name, optionally name:arg")
+  parser.add_argument("--episodes", type=int, default=16)
+  parser.add_argument("--rounds", type=int, default=10)
+  parser.add_argument("--seconds", type=float, default=2.0, help="length of one timed block on one core")
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker:
+    return worker(args.config, args.episodes)
+  result = measure(args.config, args.episodes, args.rounds, args.seconds)
+  common.RESULTS.mkdir(exist_ok=True)
+  (common.RESULTS / "cores.json").write_text(json.dumps(result, indent=2))
+  print(table(result))
+
+
+if __name__ == "__main__":
+  main()
