@@ -1,5 +1,5 @@
 """How much of the cores does one JAX process use? `python -m benchmarks.cores [--config
-omniglot_1shot_v1] [--episodes 16] [--rounds 10] [--seconds 2]`.
+omniglot_1shot_v1] [--episodes 16] [--rounds 10] [--seconds 2] [--cores K]`.
 
 Starts K + 1 worker processes of the same compiled training step, K the cores this process may
 use: one pinned to each core, and one free on all K (XLA:CPU sizes its thread pool to the cores a
@@ -35,8 +35,9 @@ def load_config(spec: str):
 
 
 def worker(config_spec: str, episodes: int) -> None:
-  """Compiles the step, prints "ready", then for each stdin line N runs N steps and prints the
-  episodes per second. Pinned (or not) by the parent before JAX starts its threads."""
+  """Compiles the step, prints "ready" and the cores it may run on, then for each stdin line N
+  runs N steps and prints the episodes per second. Pinned (or not) by the parent before JAX
+  starts its threads."""
   import jax
   from ht_jax.optimizer import make_optimizer
   from ht_jax.train import create_model, make_train_step
@@ -86,7 +87,11 @@ class Worker:
     self.process.stdin.flush()
 
   def rate(self) -> float:
-    return float(self.process.stdout.readline())
+    line = self.process.stdout.readline()
+    if not line:
+      raise RuntimeError(f"a benchmark worker exited with status {self.process.wait()} while training; "
+                         f"run `python -m benchmarks.cores --worker` alone to see its error.")
+    return float(line)
 
   def close(self) -> None:
     self.process.kill()
@@ -103,11 +108,12 @@ def summarise(rounds: list[dict[str, float]]) -> dict:
   return out
 
 
-def measure(config_spec: str, episodes: int, rounds: int, seconds: float) -> dict:
-  cores = sorted(os.sched_getaffinity(0))
+def measure(config_spec: str, episodes: int, rounds: int, seconds: float, max_cores: int = 0) -> dict:
+  """`max_cores` > 0: only the first that many of this process's cores (one worker each)."""
+  cores = sorted(os.sched_getaffinity(0))[:max_cores or None]
   if len(cores) < 2:
-    raise SystemExit(f"benchmarks.cores compares processes on several cores; this process may use only "
-                     f"{len(cores)} (check taskset or the container's CPU limit).")
+    raise SystemExit(f"benchmarks.cores compares processes on several cores; it has {len(cores)} "
+                     f"(check --cores, taskset or the container's CPU limit).")
   workers = [Worker({c}, config_spec, episodes) for c in cores] + [Worker(set(cores), config_spec, episodes)]
   try:
     worker_cores = [w.wait_ready() for w in workers]
@@ -154,11 +160,12 @@ def main():
   parser.add_argument("--episodes", type=int, default=16)
   parser.add_argument("--rounds", type=int, default=10)
   parser.add_argument("--seconds", type=float, default=2.0, help="length of one timed block on one core")
+  parser.add_argument("--cores", type=int, default=0, help="use the first K cores only (default: all)")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
     return worker(args.config, args.episodes)
-  result = measure(args.config, args.episodes, args.rounds, args.seconds)
+  result = measure(args.config, args.episodes, args.rounds, args.seconds, args.cores)
   common.RESULTS.mkdir(exist_ok=True)
   (common.RESULTS / "cores.json").write_text(json.dumps(result, indent=2))
   print(table(result))
