@@ -30,9 +30,11 @@ ROW_KEYS = ("benchmark", "config", "framework", "episodes_per_step", "episodes_p
             "episodes_per_s_min", "episodes_per_s_max", "peak_rss_mb", "flop_fraction_of_matmul_peak")
 
 
-def load_config(name: str):
-  """configs/<name>.py's full config (not a tiny variant: the benchmark measures the real model)."""
-  return importlib.import_module(f"configs.{name}").get_config()
+def load_config(spec: str):
+  """configs/<name>.py's full config (the benchmarks measure the real model); "name:arg" passes
+  arg to its get_config (quickstart:tiny, for tests)."""
+  name, _, arg = spec.partition(":")
+  return importlib.import_module(f"configs.{name}").get_config(arg or None)
 
 
 def uses_omniglot(config) -> bool:
@@ -57,6 +59,38 @@ def training_batches(config, episodes_per_step: int, count: int = 4) -> list[dic
             "query_images": rng.uniform(-1, 1, (episodes_per_step, q, size, size, 3)).astype(np.float32),
             "query_labels": np.tile(np.arange(q, dtype=np.int32) % n, (episodes_per_step, 1))}
   return [batch() for _ in range(min(count, 2))]
+
+
+class JaxTraining:
+  """The JAX training step of `config` at `episodes_per_step`, compiled, over `batch_count`
+  pre-sampled batches (training_batches). run_steps(k) runs k more steps, cycling the batches, and
+  returns when they are done; compile_s is the compile plus the first step."""
+
+  def __init__(self, config, episodes_per_step: int, batch_count: int = 4):
+    import jax
+    from ht_jax.optimizer import make_optimizer
+    from ht_jax.train import create_model, make_train_step
+    config.train.episodes_per_step = episodes_per_step
+    self.batches = [jax.device_put(b) for b in training_batches(config, episodes_per_step, batch_count)]
+    graphdef, params = create_model(config)
+    tx = make_optimizer(config.train)
+    opt_state = tx.init(params)
+    self.key = jax.random.key(0)
+    started = time.perf_counter()
+    self.step = make_train_step(graphdef, config, tx).lower(params, opt_state, self.batches[0], self.key).compile()
+    self.params, self.opt_state, metrics = self.step(params, opt_state, self.batches[0], self.key)
+    jax.block_until_ready(metrics)
+    self.compile_s = time.perf_counter() - started
+    self.steps_run = 0
+
+  def run_steps(self, k: int) -> None:
+    import jax
+    metrics = None
+    for _ in range(k):
+      batch = self.batches[self.steps_run % len(self.batches)]
+      self.params, self.opt_state, metrics = self.step(self.params, self.opt_state, batch, self.key)
+      self.steps_run += 1
+    jax.block_until_ready(metrics)
 
 
 WARMUP_SECONDS = 1.0

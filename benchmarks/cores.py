@@ -17,7 +17,6 @@ if __name__ == "__main__":   # first, before jax loads: the command restarts wit
   restart_with_mimalloc()
 
 import argparse
-import importlib
 import json
 import os
 import statistics
@@ -28,40 +27,16 @@ import time
 from benchmarks import common
 
 
-def load_config(spec: str):
-  """configs/<name>.py's config; "name:arg" passes arg to get_config (quickstart:tiny)."""
-  name, _, arg = spec.partition(":")
-  return importlib.import_module(f"configs.{name}").get_config(arg or None)
-
-
 def worker(config_spec: str, episodes: int) -> None:
   """Compiles the step, prints "ready" and the cores it may run on, then for each stdin line N
   runs N steps and prints the episodes per second. Pinned (or not) by the parent before JAX
   starts its threads."""
-  import jax
-  from ht_jax.optimizer import make_optimizer
-  from ht_jax.train import create_model, make_train_step
-  config = load_config(config_spec)
-  config.train.episodes_per_step = episodes
-  batches = [jax.device_put(b) for b in common.training_batches(config, episodes, 2)]
-  graphdef, params = create_model(config, seed=0)
-  tx = make_optimizer(config.train)
-  opt_state = tx.init(params)
-  key = jax.random.key(0)
-  step = make_train_step(graphdef, config, tx).lower(params, opt_state, batches[0], key).compile()
-  state = {"params": params, "opt_state": opt_state}
-
-  def run_steps(n):
-    metrics = None
-    for i in range(n):
-      state["params"], state["opt_state"], metrics = step(state["params"], state["opt_state"], batches[i % 2], key)
-    jax.block_until_ready(metrics)
-
-  common.warm_up(run_steps)
+  training = common.JaxTraining(common.load_config(config_spec), episodes, batch_count=2)
+  common.warm_up(training.run_steps)
   print("ready", *sorted(os.sched_getaffinity(0)), flush=True)   # the cores it ran on
   for line in sys.stdin:
     started = time.perf_counter()
-    run_steps(int(line))
+    training.run_steps(int(line))
     print(f"{int(line) * episodes / (time.perf_counter() - started):.4f}", flush=True)
 
 

@@ -74,24 +74,11 @@ def main():
   parser.add_argument("--top", type=int, default=25)
   args = parser.parse_args()
   import jax
-  from ht_jax.optimizer import make_optimizer
-  from ht_jax.train import create_model, make_train_step
-  config = common.load_config(args.config)
-  config.train.episodes_per_step = args.episodes
-  batches = [jax.device_put(b) for b in common.training_batches(config, args.episodes, 2)]
-  graphdef, params = create_model(config)
-  tx = make_optimizer(config.train)
-  opt_state = tx.init(params)
-  key = jax.random.key(0)
-  step = make_train_step(graphdef, config, tx).lower(params, opt_state, batches[0], key).compile()
-  scopes = op_scopes(step.as_text())
-  params, opt_state, metrics = step(params, opt_state, batches[0], key)
-  jax.block_until_ready(metrics)
+  training = common.JaxTraining(common.load_config(args.config), args.episodes, batch_count=2)
+  scopes = op_scopes(training.step.as_text())
   trace_dir = common.RESULTS / "profile" / f"{args.config}_b{args.episodes}"
   with jax.profiler.trace(str(trace_dir)):
-    for i in range(args.steps):
-      params, opt_state, metrics = step(params, opt_state, batches[i % 2], key)
-    jax.block_until_ready(metrics)
+    training.run_steps(args.steps)
   by_op, by_kind = op_times(trace_dir)
   total = sum(by_op.values()) or 1
   print(f"{args.config}, {args.episodes} episodes/step, {args.steps} steps: {total / 1e6:.0f} ms of XLA ops "

@@ -30,35 +30,15 @@ from benchmarks import common
 
 def measure_jax(config_name: str, episodes_per_step: int, repeats: int = 5, seconds_per_repeat: float = 1.0) -> dict:
   import jax
-  from ht_jax.optimizer import make_optimizer
-  from ht_jax.train import create_model, episode_groups, make_train_step
+  from ht_jax.train import episode_groups
   config = common.load_config(config_name)
-  config.train.episodes_per_step = episodes_per_step
-  batches = [jax.device_put(b) for b in common.training_batches(config, episodes_per_step)]
-  graphdef, params = create_model(config)
-  tx = make_optimizer(config.train)
-  opt_state = tx.init(params)
-  key = jax.random.key(0)
-  started = time.perf_counter()
-  step = make_train_step(graphdef, config, tx).lower(params, opt_state, batches[0], key).compile()
-  params, opt_state, metrics = step(params, opt_state, batches[0], key)
-  jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - started
-  state = {"params": params, "opt_state": opt_state, "i": 0}
-
-  def run_steps(k):
-    for _ in range(k):
-      state["params"], state["opt_state"], m = step(state["params"], state["opt_state"],
-                                                     batches[state["i"] % len(batches)], key)
-      state["i"] += 1
-    jax.block_until_ready(m)
-
-  timing = common.timed_repeats(run_steps, episodes_per_step, repeats, seconds_per_repeat)
-  flops = common.compiled_flops(step)
+  training = common.JaxTraining(config, episodes_per_step)
+  timing = common.timed_repeats(training.run_steps, episodes_per_step, repeats, seconds_per_repeat)
+  flops = common.compiled_flops(training.step)
   peak = common.matmul_peak_flops()
   fraction = common.flop_fraction(flops, timing["episodes_per_s_median"] / episodes_per_step, peak)
   return {"benchmark": "train", "config": config_name, "framework": "jax", "episodes_per_step": episodes_per_step,
-          **timing, "compile_s": compile_s, "peak_rss_mb": common.peak_rss_mb(),
+          **timing, "compile_s": training.compile_s, "peak_rss_mb": common.peak_rss_mb(),
           "flop_fraction_of_matmul_peak": fraction, "step_gflop": None if flops is None else flops / 1e9,
           "matmul_peak_gflops": peak / 1e9, "episode_groups": episode_groups(config), "device": str(jax.devices()[0].device_kind)}
 
