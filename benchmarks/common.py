@@ -8,7 +8,6 @@ ratios from one run.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
@@ -62,35 +61,10 @@ def training_batches(config, episodes_per_step: int, count: int = 4) -> list[dic
   return [batch() for _ in range(min(count, 2))]
 
 
-@contextlib.contextmanager
-def compilation_cache_events():
-  """Counts JAX's persistent-cache hits and misses while the block runs ({"hits": n, "misses": m}):
-  whether a program came from the run's cache (benchmarks.run compiles them all beforehand)."""
-  import jax
-  counts, listening = {"hits": 0, "misses": 0}, [True]
-
-  def listen(event, **_):
-    name = event.rsplit("/", 1)[-1]
-    if listening[0] and event.startswith("/jax/compilation_cache/") and name in ("cache_hits", "cache_misses"):
-      counts[name[len("cache_"):]] += 1
-
-  jax.monitoring.register_event_listener(listen)   # JAX has no public way to remove one
-  try:
-    yield counts
-  finally:
-    listening[0] = False
-
-
-def from_cache(counts: dict) -> bool | None:
-  """True if the block's compile came from the persistent cache, None with the cache off."""
-  return None if counts["hits"] + counts["misses"] == 0 else counts["misses"] == 0
-
-
 class JaxTraining:
   """The JAX training step of `config` at `episodes_per_step`, compiled, over `batch_count`
   pre-sampled batches (training_batches). run_steps(k) runs k more steps, cycling the batches, and
-  returns when they are done; compile_s is the compile plus the first step, step_from_cache
-  whether the compiled program came from JAX's persistent cache (None with it off)."""
+  returns when they are done; compile_s is the compile plus the first step."""
 
   def __init__(self, config, episodes_per_step: int, batch_count: int = 4):
     import jax
@@ -103,9 +77,7 @@ class JaxTraining:
     opt_state = tx.init(params)
     self.key = jax.random.key(0)
     started = time.perf_counter()
-    with compilation_cache_events() as cache:
-      self.step = make_train_step(graphdef, config, tx).lower(params, opt_state, self.batches[0], self.key).compile()
-    self.step_from_cache = from_cache(cache)
+    self.step = make_train_step(graphdef, config, tx).lower(params, opt_state, self.batches[0], self.key).compile()
     self.params, self.opt_state, metrics = self.step(params, opt_state, self.batches[0], self.key)
     jax.block_until_ready(metrics)
     self.compile_s = time.perf_counter() - started

@@ -42,52 +42,30 @@ def eval_tasks(config, tasks: int) -> tuple[np.ndarray, ...]:
           np.tile(np.arange(q, dtype=np.int32) % n, (tasks, b, 1)))
 
 
-class JaxEvaluation:
-  """ht_jax.evaluate's compiled task-accuracy call on `tasks_per_call` tasks (the config's
-  eval.tasks_per_call for None): call() evaluates them; compile_s is the compile and the first
-  call, from_cache whether the program came from JAX's persistent cache (None with it off)."""
-
-  def __init__(self, config, tasks_per_call: int | None = None):
-    import jax
-    from ht_jax.evaluate import make_task_accuracy_fn
-    from ht_jax.train import create_model
-    self.tasks = int(tasks_per_call or config.eval.tasks_per_call)
-    self.arrays = [jax.device_put(a) for a in eval_tasks(config, self.tasks)]
-    graphdef, self.params = create_model(config)
-    started = time.perf_counter()
-    with common.compilation_cache_events() as cache:
-      self.task_accuracy = make_task_accuracy_fn(graphdef).lower(self.params, *self.arrays).compile()
-    jax.block_until_ready(self.call())
-    self.compile_s, self.from_cache = time.perf_counter() - started, common.from_cache(cache)
-
-  def call(self):
-    return self.task_accuracy(self.params, *self.arrays)
-
-
-def compile_jax(config_name: str, tasks_per_call: int | None = None) -> dict:
-  """Only compiles the evaluation call (and runs it once): benchmarks.run fills its cache so."""
-  evaluation = JaxEvaluation(common.load_config(config_name), tasks_per_call)
-  return {"compile_s": evaluation.compile_s, "peak_rss_mb": common.peak_rss_mb()}
-
-
 def measure_jax(config_name: str, repeats: int = 5, seconds_per_repeat: float = 1.0,
                 tasks_per_call: int | None = None) -> dict:
   import jax
+  from ht_jax.evaluate import make_task_accuracy_fn
+  from ht_jax.train import create_model
   config = common.load_config(config_name)
-  evaluation = JaxEvaluation(config, tasks_per_call)
-  tasks, task_accuracy = evaluation.tasks, evaluation.task_accuracy
+  tasks = int(tasks_per_call or config.eval.tasks_per_call)
+  arrays = [jax.device_put(a) for a in eval_tasks(config, tasks)]
+  graphdef, params = create_model(config)
+  started = time.perf_counter()
+  task_accuracy = make_task_accuracy_fn(graphdef).lower(params, *arrays).compile()
+  jax.block_until_ready(task_accuracy(params, *arrays))
+  compile_s = time.perf_counter() - started
 
   def run_calls(k):
     for _ in range(k):
-      out = evaluation.call()
+      out = task_accuracy(params, *arrays)
     jax.block_until_ready(out)
 
   timing = common.timed_repeats(run_calls, tasks, repeats, seconds_per_repeat)
   flops, peak = common.compiled_flops(task_accuracy), common.matmul_peak_flops()
   fraction = common.flop_fraction(flops, timing["episodes_per_s_median"] / tasks, peak)
   return {"benchmark": "evaluation", "config": config_name, "framework": "jax", "episodes_per_step": tasks,
-          **timing, "compile_s": evaluation.compile_s, "step_from_cache": evaluation.from_cache,
-          "peak_rss_mb": common.peak_rss_mb(),
+          **timing, "compile_s": compile_s, "peak_rss_mb": common.peak_rss_mb(),
           "flop_fraction_of_matmul_peak": fraction, "query_batches_per_task": int(config.eval.num_eval_batches),
           "query_batch_size": int(config.eval.batch_size)}
 

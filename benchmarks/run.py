@@ -6,8 +6,7 @@ the original protocol; the input pipeline's waiting fraction for Omniglot and 84
 Writes benchmarks/results/latest.json (one row per measurement; keys in benchmarks.common.ROW_KEYS
 plus details) and prints the tables. About 15 minutes on a 2-core CPU (more with --full, which adds
 miniImageNet at 64 episodes per step); the same command runs on a GPU machine (JAX then uses the
-GPU; torch stays on the CPU, as ht_torch does). Every JAX program is compiled first, two at a time,
-into a compilation cache for this run only (precompile); the timed processes load them from it.
+GPU; torch stays on the CPU, as ht_torch does).
 A measurement that fails (out of memory, for instance) becomes a row with its error.
 """
 
@@ -18,7 +17,6 @@ if __name__ == "__main__":   # first, before jax or torch loads: the command res
   restart_with_mimalloc()
 
 import argparse
-import concurrent.futures
 import json
 import os
 import subprocess
@@ -56,8 +54,6 @@ def plan(quick: bool, full: bool = False) -> list[dict]:
 
 def measure_one(item: dict, repeats: int, seconds: float) -> dict:
   """Runs in the child process."""
-  if item.get("compile_only"):
-    return compile_one(item)
   if item["kind"] == "train":
     from benchmarks import train
     return train.MEASURE[item["framework"]](item["config"], item["episodes"], repeats, seconds)
@@ -67,58 +63,6 @@ def measure_one(item: dict, repeats: int, seconds: float) -> dict:
   from benchmarks import input_pipeline
   return input_pipeline.measure(item["config"], item["episodes"], steps=16 if item["episodes"] >= 16 else 20,
                                 augmentation=item.get("augmentation", "step"))
-
-
-def compile_one(item: dict) -> dict:
-  """Runs in the child process: compiles the item's JAX program into the run's cache, no timing."""
-  if item["kind"] == "train":
-    from benchmarks import train
-    return {**train.compile_jax(item["config"], item["episodes"]), "config": item["config"]}
-  from benchmarks import evaluation
-  return {**evaluation.compile_jax(item["config"], item["episodes"] or None), "config": item["config"]}
-
-
-def compiled_programs(items: list[dict]) -> list[dict]:
-  """The plan's JAX training and evaluation programs, the likely longest compiles first (84x84
-  images, then more episodes per step) so that no long one is left to run alone at the end."""
-  jobs = [i for i in items if i["framework"] == "jax" and i["kind"] in ("train", "evaluation")]
-  return sorted(jobs, key=lambda i: (i["config"].startswith("miniimagenet"), i["kind"] == "train", i["episodes"]),
-                reverse=True)
-
-
-def precompile(items: list[dict], workers: int, timeout: float, env: dict, started: float) -> dict[str, dict]:
-  """Compiles every JAX program of the plan into the run's compilation cache, `workers` processes
-  at a time, before anything is timed. One XLA compile keeps about 1.5 of 2 cores busy (tracing
-  and most passes are serial), so two at once finish the run's compiles about 1.4x sooner; the
-  timed processes then load their program from the cache. Returns each item's compile row by
-  item_key (compile_s: the cold compile and first call, measured `workers` at a time)."""
-  jobs = compiled_programs(items)
-  done = []
-
-  def compile_job(item):
-    row = run_in_subprocess({**item, "compile_only": True}, 1, 0.0, timeout, env)
-    done.append(item)
-    status = f"{row['compile_s']:.0f} s" if row.get("compile_s") else f"failed: {row.get('error')}"
-    print(f"[compiled {len(done)}/{len(jobs)} {time.perf_counter() - started:5.0f} s] "
-          + " ".join(str(item[k]) for k in PLAN_KEYS) + f": {status}", flush=True)
-    return row
-
-  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-    rows = list(pool.map(compile_job, jobs))
-  return {item_key(i): r for i, r in zip(jobs, rows)}
-
-
-def item_key(item: dict) -> str:
-  return " ".join(str(item[k]) for k in PLAN_KEYS)
-
-
-def with_cold_compile(row: dict, compiled: dict | None) -> dict:
-  """The timed row with the precompiled program's cold compile as compile_s (and its timed
-  process's cache load as compile_s_from_cache); unchanged where nothing was precompiled."""
-  if not compiled or not compiled.get("compile_s") or row.get("error") or "compile_s" not in row:
-    return row
-  return {**row, "compile_s": compiled["compile_s"], "compile_s_from_cache": row["compile_s"],
-          "compile_peak_rss_mb": compiled.get("peak_rss_mb")}
 
 
 def run_in_subprocess(item: dict, repeats: int, seconds: float, timeout: float, env: dict | None = None) -> dict:
@@ -179,9 +123,6 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--seconds", type=float, default=0.5, help="length of one timed repeat")
   parser.add_argument("--timeout", type=float, default=480.0, help="seconds before one measurement is abandoned")
-  parser.add_argument("--compile-workers", type=int, default=2,
-                      help="JAX programs compiled at once before the timing starts (0: each timed process "
-                           "compiles its own, one at a time)")
   parser.add_argument("--one", help=argparse.SUPPRESS)
   parser.add_argument("--out", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -198,21 +139,12 @@ def main():
   # evaluation program is compiled once per run, so each row's compile_s stays a cold compile.
   with tempfile.TemporaryDirectory(prefix="ht_bench_jax_cache_") as cache:
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    compiled = {}
-    if args.compile_workers > 0:
-      # Compile-only processes on a GPU must not each take 75% of its memory.
-      compiled = precompile(items, args.compile_workers, args.timeout,
-                            {**env, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}, started)
-    precompile_s = time.perf_counter() - started
     for i, item in enumerate(items):
-      print(f"[{i + 1}/{len(items)} {time.perf_counter() - started:5.0f} s] " + item_key(item), flush=True)
-      item_started = time.perf_counter()
-      row = run_in_subprocess(item, args.repeats, args.seconds, args.timeout, env)
-      rows.append({**with_cold_compile(row, compiled.get(item_key(item))),
-                   "process_wall_s": time.perf_counter() - item_started})
+      print(f"[{i + 1}/{len(items)} {time.perf_counter() - started:5.0f} s] "
+            + " ".join(str(item[k]) for k in PLAN_KEYS), flush=True)
+      rows.append(run_in_subprocess(item, args.repeats, args.seconds, args.timeout, env))
   common.RESULTS.mkdir(exist_ok=True)
-  out = {"wall_s": time.perf_counter() - started, "precompile_wall_s": precompile_s,
-         "compile_workers": args.compile_workers, "rows": rows}
+  out = {"wall_s": time.perf_counter() - started, "rows": rows}
   (common.RESULTS / "latest.json").write_text(json.dumps(out, indent=2))
   print(common.markdown_table(rows))
   print()
@@ -224,8 +156,7 @@ def main():
     print(f"input pipeline, {r['config']} {r['image_shape']}, {r['episodes_per_step']} episodes/step{where}: "
           f"{100 * r['data_wait_fraction']:.1f}% of training time waiting for data "
           f"(sampler alone: {r['sampler_episodes_per_s_one_thread']:.0f} episodes/s on one thread)")
-  print(f"wrote {common.RESULTS / 'latest.json'} in {out['wall_s']:.0f} s "
-        f"({precompile_s:.0f} s of it compiling, {args.compile_workers} programs at a time)")
+  print(f"wrote {common.RESULTS / 'latest.json'} in {out['wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -38,8 +38,7 @@ def measure_jax(config_name: str, episodes_per_step: int, repeats: int = 5, seco
   peak = common.matmul_peak_flops()
   fraction = common.flop_fraction(flops, timing["episodes_per_s_median"] / episodes_per_step, peak)
   return {"benchmark": "train", "config": config_name, "framework": "jax", "episodes_per_step": episodes_per_step,
-          **timing, "compile_s": training.compile_s, "step_from_cache": training.step_from_cache,
-          "peak_rss_mb": common.peak_rss_mb(),
+          **timing, "compile_s": training.compile_s, "peak_rss_mb": common.peak_rss_mb(),
           "flop_fraction_of_matmul_peak": fraction, "step_gflop": None if flops is None else flops / 1e9,
           "matmul_peak_gflops": peak / 1e9, "episode_groups": episode_groups(config), "device": str(jax.devices()[0].device_kind)}
 
@@ -92,12 +91,6 @@ def measure_torch(config_name: str, episodes_per_step: int, repeats: int = 5, se
 
 
 MEASURE = {"jax": measure_jax, "torch": measure_torch}
-
-
-def compile_jax(config_name: str, episodes_per_step: int) -> dict:
-  """Only compiles the step (and runs it once): benchmarks.run fills its compilation cache so."""
-  training = common.JaxTraining(common.load_config(config_name), episodes_per_step)
-  return {"compile_s": training.compile_s, "peak_rss_mb": common.peak_rss_mb()}
 
 
 def main():

@@ -136,31 +136,3 @@ def test_cores_benchmark_times_pinned_and_free_workers():
   for r in result["rounds"]:
     assert all(rate > 0 for rate in r.values())
   assert "pinned processes at once" in cores.table(result)
-
-
-def test_precompiled_programs_are_timed_from_the_cache_with_their_cold_compile_time(tmp_path):
-  """benchmarks.run compiles every JAX program first; the timed process must then load its step
-  from the run's cache (not compile it again), and its row keep the cold compile's seconds."""
-  import os
-  item = {"kind": "train", "framework": "jax", "config": "quickstart:tiny", "episodes": 2}
-  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache"),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-  compiled = run.precompile([item, {**item, "framework": "torch"}], workers=2, timeout=300, env=env,
-                            started=time.perf_counter())
-  assert list(compiled) == [run.item_key(item)]   # JAX programs only
-  cold = compiled[run.item_key(item)]
-  assert cold["compile_s"] > 0 and not cold.get("error")
-  row = run.run_in_subprocess(item, repeats=2, seconds=0.05, timeout=300, env=env)
-  assert row["step_from_cache"] is True
-  merged = run.with_cold_compile(row, cold)
-  assert merged["compile_s"] == cold["compile_s"] and merged["compile_s_from_cache"] == row["compile_s"]
-  # Against a fresh cache the same measurement compiles its step itself.
-  fresh = {**env, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "fresh")}
-  assert run.run_in_subprocess(item, repeats=2, seconds=0.05, timeout=300, env=fresh)["step_from_cache"] is False
-
-
-def test_the_longest_compiles_are_started_first():
-  jobs = run.compiled_programs(run.plan(quick=False))
-  assert all(j["framework"] == "jax" and j["kind"] in ("train", "evaluation") for j in jobs)
-  assert (jobs[0]["config"], jobs[0]["kind"], jobs[0]["episodes"]) == ("miniimagenet_1shot_v1", "train", 16)
-  assert len(jobs) == len([i for i in run.plan(quick=False) if i["framework"] == "jax" and i["kind"] != "input_pipeline"])
