@@ -55,6 +55,7 @@ def measure_jax(config_name: str, repeats: int = 5, seconds_per_repeat: float = 
   task_accuracy = make_task_accuracy_fn(graphdef).lower(params, *arrays).compile()
   jax.block_until_ready(task_accuracy(params, *arrays))
   compile_s = time.perf_counter() - started
+  common.wait_for_turn()
 
   def run_calls(k):
     for _ in range(k):

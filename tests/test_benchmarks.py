@@ -136,3 +136,29 @@ def test_cores_benchmark_times_pinned_and_free_workers():
   for r in result["rounds"]:
     assert all(rate > 0 for rate in r.values())
   assert "pinned processes at once" in cores.table(result)
+
+
+def test_two_measurements_compile_together_but_are_timed_one_after_the_other():
+  items = [{"kind": "train", "framework": "jax", "config": "quickstart:tiny", "episodes": e} for e in (1, 2)]
+  rows = run.run_compiling_together(items, repeats=2, seconds=0.05, timeout=300)
+  assert [r["episodes_per_step"] for r in rows] == [1, 2] and not any(r.get("error") for r in rows)
+  assert rows[0]["turn_ended"] <= rows[1]["turn_started"]   # the second timed only after the first ended
+  assert rows[0]["compiled_alongside"] == [run.item_key(items[1])]
+  assert all(r["compile_s"] > 0 and r["episodes_per_s_median"] > 0 for r in rows)
+
+
+def test_a_pair_member_that_fails_does_not_stop_the_other():
+  items = [{"kind": "train", "framework": "jax", "config": "no_such_config", "episodes": 1},
+           {"kind": "train", "framework": "jax", "config": "quickstart:tiny", "episodes": 1}]
+  failed, measured = run.run_compiling_together(items, repeats=2, seconds=0.05, timeout=300)
+  assert failed["error"] and measured["episodes_per_s_median"] > 0
+
+
+def test_compile_pairs_put_the_longest_compiles_together_and_cover_every_jax_program():
+  plan = run.plan(quick=False)
+  pairs = run.compile_pairs(plan)
+  jobs = [i for pair in pairs for i in pair]
+  assert sorted(map(run.item_key, jobs)) == sorted(run.item_key(i) for i in plan
+                                                  if i["framework"] == "jax" and i["kind"] != "input_pipeline")
+  assert all(len(p) == 2 for p in pairs[:-1])
+  assert (pairs[0][0]["config"], pairs[0][0]["kind"], pairs[0][0]["episodes"]) == ("miniimagenet_1shot_v1", "train", 16)
