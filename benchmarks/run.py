@@ -73,10 +73,11 @@ class Measurement:
   def __init__(self, item: dict, repeats: int, seconds: float, timeout: float, env: dict | None = None):
     self.item, self.timeout, self.started = item, timeout, time.perf_counter()
     self._out = tempfile.NamedTemporaryFile(suffix=".json")
+    # A file, not a pipe: nobody reads a pipe while the child compiles, and a full one would stall it.
+    self._stderr = tempfile.TemporaryFile(mode="w+")
     command = [sys.executable, "-m", "benchmarks.run", "--one", json.dumps(item), "--out", self._out.name,
                "--repeats", str(repeats), "--seconds", str(seconds)]
-    self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env=env or os.environ)
+    self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self._stderr, env=env or os.environ)
 
   def wait_until(self, condition) -> None:
     """Until condition() holds, the process has ended, or its time is up."""
@@ -89,14 +90,17 @@ class Measurement:
   def row(self) -> dict:
     """Waits for the process; its row, or a failed one naming why."""
     try:
-      _, stderr = self._process.communicate(timeout=max(1.0, self.timeout - (time.perf_counter() - self.started)))
+      self._process.wait(timeout=max(1.0, self.timeout - (time.perf_counter() - self.started)))
     except subprocess.TimeoutExpired:
       self._process.kill()
-      self._process.communicate()
+      self._process.wait()
       return failed(self.item, f"took over {self.timeout:.0f} s")
     finally:
       out = open(self._out.name).read()
       self._out.close()
+      self._stderr.seek(0)
+      stderr = self._stderr.read()
+      self._stderr.close()
     if self._process.returncode != 0:
       lines = [l for l in (stderr or "").strip().splitlines() if l.strip()]
       reason = ("killed (out of memory?)" if self._process.returncode < 0
@@ -124,7 +128,8 @@ def run_compiling_together(items: list[dict], repeats: int, seconds: float, time
   (common.wait_for_turn) until every one has compiled; then they are timed one after another,
   each alone on the machine. One XLA compile keeps 1.1-1.5 of 2 cores busy, so two compiling
   together save about 1.4x of the time without touching what is timed. Rows gain
-  compiled_alongside and the run-relative seconds of their timed turn (turn_started, turn_ended)."""
+  compiled_alongside and when their timed turn began and ended (turn_started, turn_ended: the
+  parent's time.perf_counter())."""
   # On a GPU each process would otherwise reserve 75% of its memory.
   env = {"XLA_PYTHON_CLIENT_MEM_FRACTION": str(round(0.9 / len(items), 2)), **(env or os.environ)}
   with tempfile.TemporaryDirectory(prefix="ht_bench_turns_") as turns:
@@ -138,6 +143,7 @@ def run_compiling_together(items: list[dict], repeats: int, seconds: float, time
     rows = []
     for n, (measurement, _, go) in enumerate(runs):
       turn_started = time.perf_counter()
+      measurement.started = turn_started   # its time waiting for the others' turns does not count
       pathlib.Path(go).touch()
       row = measurement.row()
       others = [item_key(i) for m, i in enumerate(items) if m != n]

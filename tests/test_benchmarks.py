@@ -151,7 +151,7 @@ def test_a_pair_member_that_fails_does_not_stop_the_other():
   items = [{"kind": "train", "framework": "jax", "config": "no_such_config", "episodes": 1},
            {"kind": "train", "framework": "jax", "config": "quickstart:tiny", "episodes": 1}]
   failed, measured = run.run_compiling_together(items, repeats=2, seconds=0.05, timeout=300)
-  assert failed["error"] and measured["episodes_per_s_median"] > 0
+  assert "no_such_config" in failed["error"] and measured["episodes_per_s_median"] > 0
 
 
 def test_compile_pairs_put_the_longest_compiles_together_and_cover_every_jax_program():
