@@ -67,19 +67,25 @@ def test_one_episode_trace_switches_to_lax_conv_with_equal_values_and_gradients(
 
 
 def test_band_blocks_narrow_with_channels_and_split_a_line_evenly():
-  from ht_jax.model.layers import band_block
-  assert band_block(84, 16) == 6 and band_block(42, 16) == 6      # 96 outputs / 16 channels
-  assert band_block(28, 8) == 10                                  # 3 blocks of 10, not 12 + 12 + 4
-  assert band_block(21, 16) == 6 and band_block(3, 8) == 3        # 4 blocks of 6 (24 columns); a short line
-  assert band_block(84, 1) == 14                                  # capped at BAND_WIDTH
-  from ht_jax.model.layers import pooled_band_block                # even, so pool windows never straddle blocks
-  assert pooled_band_block(28, 8) == 10 and pooled_band_block(14, 8) == 8 and pooled_band_block(84, 16) == 6
+  from ht_jax.model.layers import band_block, pooled_band_block
+  assert band_block(14, 8, 8) == 4 and band_block(7, 8, 8) == 4   # 32 outputs / 8 channels, the last block ragged
+  assert band_block(42, 16, 16) == 2 and band_block(7, 32, 32) == 1
+  assert band_block(3, 8, 8) == 3                                  # a short line: one block
+  # An image input whose band runs its own backward aims at 96 outputs ...
+  assert band_block(84, 16, 3) == 6 and band_block(21, 16, 3) == 6  # 4 blocks of 6 (24 columns)
+  assert band_block(28, 8, 1) == 10                                # 3 blocks of 10, not 12 + 12 + 4
+  assert band_block(84, 1, 1) == 14                                # capped at BAND_WIDTH
+  # ... and at 32 where lax.conv takes its gradient (or the band is a backward's own convolution).
+  assert band_block(84, 16, 3, band_backward=False) == 2 and band_block(28, 8, 1, band_backward=False) == 4
+  # Even, so that pool windows never straddle blocks.
+  assert pooled_band_block(28, 8, 1) == 10 and pooled_band_block(14, 8, 8) == 4 and pooled_band_block(84, 16, 3) == 6
+  assert pooled_band_block(14, 16, 16) == 2 and pooled_band_block(7, 8, 8) == 4
 
 
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("size,channels,out_channels,padding", [
     (28, 1, 8, "SAME"),    # Omniglot's first layer: blocks of 10, the last pooled column ragged
-    (14, 8, 8, "SAME"),    # its second: one block of 14 rounded up to 16
+    (14, 8, 8, "SAME"),    # its second: 4 blocks of 4, the last pooled column ragged
     (10, 3, 5, "VALID"), (84, 3, 16, "SAME"), (16, 4, 6, "SAME")])
 def test_conv_max_pool_equals_conv_then_pool(size, channels, out_channels, padding, ties):
   """conv2d_max_pool against max_pool_2x2(conv2d(...)): equal values, the same gradient for the

@@ -33,16 +33,25 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
   return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
-BAND_WIDTH = 14      # output columns per block at most: (14 + k - 1) / k multiplications per useful one
-BAND_OUTPUTS = 96    # block columns x output channels, the matmul's width: 12 columns at 8 channels
+BAND_WIDTH = 14            # output columns per block at most: (14 + k - 1) / k multiplications per useful one
+# Block columns x output channels, the band matmul's width, to aim for: 4 columns at 8 channels.
+BAND_OUTPUTS = 32
+# ... where the band's own backward runs on an image (IMAGE_CHANNELS or fewer): 12 columns at 8.
+IMAGE_BAND_OUTPUTS = 96
 
 
-def band_block(out_width: int, out_channels: int) -> int:
+def band_block(out_width: int, out_channels: int, in_channels: int, band_backward: bool = True) -> int:
   """Output columns per block: about BAND_OUTPUTS / out_channels (at most BAND_WIDTH), evened out
-  so that the last block is not mostly padding. Wider channels take narrower blocks: the band's
-  zeros grow with the block, and the matmul is wide enough anyway: miniImageNet's 16 channels in
-  blocks of 6 instead of 14 made its step 1.22x faster; Omniglot's 8 did not change (A/B, README)."""
-  target = max(1, min(BAND_WIDTH, BAND_OUTPUTS // out_channels))
+  so that the last block is not mostly padding. A block of b columns multiplies (b + k - 1) / k
+  times the useful FLOPs (the band's zeros) but copies each input line (b + k - 1) / b times into
+  the windows: narrow blocks win once the contraction, k * (b + k - 1) * C, is long enough. On
+  Omniglot's 8-channel layers blocks of 4 instead of 7-10 made the CNN's forward and backward
+  1.2x faster and the step 1.08x (README, Speed). An image's contraction is short (k * span * 3),
+  and the band's kernel gradient (windows^T g, contracted over every pixel) then wants wide blocks:
+  IMAGE_BAND_OUTPUTS, unless the band runs only forward (`band_backward=False`: lax.conv takes
+  the gradient, or it is the backward's own input-gradient convolution)."""
+  outputs = IMAGE_BAND_OUTPUTS if band_backward and in_channels <= IMAGE_CHANNELS else BAND_OUTPUTS
+  target = max(1, min(BAND_WIDTH, outputs // out_channels))
   blocks = -(-out_width // target)
   return -(-out_width // blocks)
 
@@ -108,7 +117,7 @@ def _pads(x, kernel, stride, padding):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _band_forward_lax_backward(x, kernel_matrix, kernel, stride, padding):
-  return _band_conv(x, kernel_matrix, kernel, stride, _pads(x, kernel, stride, padding))
+  return _band_conv(x, kernel_matrix, kernel, stride, _pads(x, kernel, stride, padding), band_backward=False)
 
 
 def _band_forward_lax_backward_forward(x, kernel_matrix, kernel, stride, padding):
@@ -123,12 +132,12 @@ def _band_forward_lax_backward_backward(kernel, stride, padding, residuals, g):
 _band_forward_lax_backward.defvjp(_band_forward_lax_backward_forward, _band_forward_lax_backward_backward)
 
 
-def _band_conv(x, kernel_matrix, kernel, stride, pads):
-  return _band_conv_and_windows(x, kernel_matrix, kernel, stride, pads)[0]
+def _band_conv(x, kernel_matrix, kernel, stride, pads, band_backward=True):
+  return _band_conv_and_windows(x, kernel_matrix, kernel, stride, pads, band_backward)[0]
 
 
-def _band_conv_and_windows(x, kernel_matrix, kernel, stride, pads):
-  windows, (ho, wo, block, span) = _band_windows(x, kernel, stride, pads, kernel_matrix.shape[-1])
+def _band_conv_and_windows(x, kernel_matrix, kernel, stride, pads, band_backward=True):
+  windows, (ho, wo, block, span) = _band_windows(x, kernel, stride, pads, kernel_matrix.shape[-1], band_backward)
   out = windows @ _band(kernel_matrix, kernel, stride, x.shape[-1], span, block)
   return out.reshape(x.shape[0], ho, -1, kernel_matrix.shape[-1])[:, :, :wo], windows
 
@@ -139,13 +148,13 @@ def _out_size(x, kernel, stride, pads):
   return (x.shape[1] + top + bottom - kernel) // stride + 1, (x.shape[2] + left + right - kernel) // stride + 1
 
 
-def _band_windows(x, kernel, stride, pads, out_channels):
+def _band_windows(x, kernel, stride, pads, out_channels, band_backward=True):
   """The matmul's left operand [n*Ho*blocks, k*span*C]: for each output line y and block b, the
   k input lines and `span` columns that block reads. Also (Ho, Wo, block, span)."""
   n, h, w, c = x.shape
   (top, bottom), (left, right) = pads
   ho, wo = _out_size(x, kernel, stride, pads)
-  block = band_block(wo, out_channels)
+  block = band_block(wo, out_channels, c, band_backward)
   blocks = -(-wo // block)
   span = (block - 1) * stride + kernel                       # input columns one block reads
   needed = (blocks * block - 1) * stride + kernel            # more than w + pads for a ragged last block
@@ -189,7 +198,7 @@ def _band_conv_stride1_forward(x, kernel_matrix, kernel, pads):
 def _band_conv_stride1_backward(kernel, pads, residuals, g):
   windows, kernel_matrix = residuals
   n, ho, wo, out_channels = g.shape
-  block = band_block(wo, out_channels)
+  block = band_block(wo, out_channels, kernel_matrix.shape[0] // (kernel * kernel))   # the forward's
   blocks = windows.shape[0] // (n * ho)
   g_rows = jnp.pad(g, ((0, 0), (0, 0), (0, blocks * block - wo), (0, 0))).reshape(n * ho * blocks, block * out_channels)
   return _input_grad(g, kernel_matrix, kernel, pads), _kernel_grad(windows, g_rows, kernel, block)
@@ -204,7 +213,7 @@ def _input_grad(g, kernel_matrix, kernel, pads):
   channels = kernel_matrix.shape[0] // (kernel * kernel)
   flipped = kernel_matrix.reshape(kernel, kernel, channels, out_channels)[::-1, ::-1].transpose(0, 1, 3, 2)
   return _band_conv(g, flipped.reshape(-1, channels), kernel, 1,
-                    tuple((kernel - 1 - lo, kernel - 1 - hi) for lo, hi in pads))
+                    tuple((kernel - 1 - lo, kernel - 1 - hi) for lo, hi in pads), band_backward=False)
 
 
 def _kernel_grad(windows, g_rows, kernel, block, column_order=None):
@@ -265,9 +274,9 @@ def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
 # --- Convolution and 2x2 max-pool in one band -----------------------------------------------------
 
 
-def pooled_band_block(out_width: int, out_channels: int) -> int:
+def pooled_band_block(out_width: int, out_channels: int, in_channels: int) -> int:
   """band_block rounded up to an even width, so that every pool window lies inside one block."""
-  block = band_block(out_width, out_channels)
+  block = band_block(out_width, out_channels, in_channels)
   return block + block % 2
 
 
@@ -305,7 +314,7 @@ def _conv_by_corner(x, kernel_matrix, kernel, pads):
   (top, bottom), (left, right) = pads
   ho, wo = _out_size(x, kernel, 1, pads)
   out_channels = kernel_matrix.shape[-1]
-  block = pooled_band_block(wo, out_channels)
+  block = pooled_band_block(wo, out_channels, c)
   blocks = -(-wo // block)
   span = block + kernel - 1
   needed = blocks * block + kernel - 1
