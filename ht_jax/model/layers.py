@@ -46,9 +46,9 @@ def band_block(out_width: int, out_channels: int, in_channels: int, band_backwar
   times the useful FLOPs (the band's zeros) but copies each input line (b + k - 1) / b times into
   the windows: narrow blocks win once the contraction, k * (b + k - 1) * C, is long enough. On
   Omniglot's 8-channel layers blocks of 4 instead of 7-10 made the CNN's forward and backward
-  1.2x faster and the step 1.06-1.08x (docs/speed_experiments.md). An image's contraction is short (k * span * 3),
-  and the band's kernel gradient (windows^T g, contracted over every pixel) then wants wide blocks:
-  IMAGE_BAND_OUTPUTS, unless the band runs only forward (`band_backward=False`: lax.conv takes
+  1.2x faster and the step 1.06-1.08x (docs/speed_experiments.md). An image's contraction is
+  short (k * span * 3), and the band's kernel gradient (windows^T g, contracted over every pixel)
+  then wants wide blocks: IMAGE_BAND_OUTPUTS, unless the band runs only forward (`band_backward=False`: lax.conv takes
   the gradient, or it is the backward's own input-gradient convolution). Measured on the 2-core
   CPU only (README, Speed); no GPU was lent to measure one."""
   outputs = IMAGE_BAND_OUTPUTS if band_backward and in_channels <= IMAGE_CHANNELS else BAND_OUTPUTS
