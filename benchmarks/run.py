@@ -41,8 +41,9 @@ def plan(quick: bool, full: bool = False) -> list[dict]:
     for b in [b for b in episodes if full or not (b == 64 and config.startswith("miniimagenet"))]:
       for framework in ("jax", "torch"):
         items.append({"kind": "train", "framework": framework, "config": config, "episodes": b})
-    # Evaluation "episodes" are JAX's tasks per call, 0 for the config's eval.tasks_per_call. An 84x84
-    # task takes 2.5 s here: the config's 8 per call would make five repeats cost two minutes.
+    # Evaluation "episodes" are JAX's tasks per call, 0 for the config's eval.tasks_per_call. 84x84
+    # tasks one per call, as torch takes them: the config's 8 per call ran slower here (2.5 tasks/s
+    # against 2.9-3.1, separate processes) and makes each call several seconds long.
     tasks = 1 if config.startswith("miniimagenet") else 0
     for framework in ("jax", "torch"):
       items.append({"kind": "evaluation", "framework": framework, "config": config, "episodes": tasks})

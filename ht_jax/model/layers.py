@@ -199,7 +199,8 @@ def _band_conv_stride1_forward(x, kernel_matrix, kernel, pads):
 def _band_conv_stride1_backward(kernel, pads, residuals, g):
   windows, kernel_matrix = residuals
   n, ho, wo, out_channels = g.shape
-  block = band_block(wo, out_channels, kernel_matrix.shape[0] // (kernel * kernel))   # the forward's
+  channels = kernel_matrix.shape[0] // (kernel * kernel)
+  block = windows.shape[1] // (kernel * channels) - kernel + 1   # the forward's: windows are [rows, k*span*C]
   blocks = windows.shape[0] // (n * ho)
   g_rows = jnp.pad(g, ((0, 0), (0, 0), (0, blocks * block - wo), (0, 0))).reshape(n * ho * blocks, block * out_channels)
   return _input_grad(g, kernel_matrix, kernel, pads), _kernel_grad(windows, g_rows, kernel, block)
