@@ -41,11 +41,15 @@ def worker(config_spec: str, episodes: int) -> None:
 
 
 class Worker:
-  """A worker process, on the given cores, driven over its stdin and stdout."""
+  """A worker process, on the given cores, driven over its stdin and stdout: `module`'s --worker
+  mode (this one's, or benchmarks.head_to_head's with `extra` arguments)."""
 
-  def __init__(self, cores: set[int], config_spec: str, episodes: int):
+  def __init__(self, cores: set[int], config_spec: str, episodes: int, module: str = "benchmarks.cores",
+               extra: tuple[str, ...] = ()):
+    self.module = module
+    self.notes: list[str] = []   # what the worker printed before "ready"
     self.process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.cores", "--worker", "--config", config_spec, "--episodes", str(episodes)],
+        [sys.executable, "-m", module, "--worker", "--config", config_spec, "--episodes", str(episodes), *extra],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=common.REPO,
         env={**os.environ, "JAX_PLATFORMS": "cpu"}, preexec_fn=lambda: os.sched_setaffinity(0, cores))
 
@@ -54,8 +58,9 @@ class Worker:
     for line in self.process.stdout:
       if line.startswith("ready"):
         return [int(c) for c in line.split()[1:]]
+      self.notes.append(line.strip())
     raise RuntimeError(f"a benchmark worker exited with status {self.process.wait()} before its first step; "
-                       f"run `python -m benchmarks.cores --worker` alone to see its error.")
+                       f"run `python -m {self.module} --worker` alone to see its error.")
 
   def start(self, steps: int) -> None:
     self.process.stdin.write(f"{steps}\n")
@@ -65,7 +70,7 @@ class Worker:
     line = self.process.stdout.readline()
     if not line:
       raise RuntimeError(f"a benchmark worker exited with status {self.process.wait()} while training; "
-                         f"run `python -m benchmarks.cores --worker` alone to see its error.")
+                         f"run `python -m {self.module} --worker` alone to see its error.")
     return float(line)
 
   def close(self) -> None:

@@ -52,7 +52,9 @@ def clearly_slower(first_step_s: dict[str, float]) -> set[str]:
   return {m for m, t in first_step_s.items() if t > max(1.5 * fastest, 2.0)}
 
 
-def measure_torch(config_name: str, episodes_per_step: int, repeats: int = 5, seconds_per_repeat: float = 1.0) -> dict:
+def torch_training(config_name: str, episodes_per_step: int) -> tuple[dict, dict[str, float]]:
+  """ht_torch's training step both ways the issue allows, each already run once: {mode: run_steps}
+  (run_steps(k) runs k steps, cycling pre-sampled batches) and {mode: first step's seconds}."""
   import torch
   from ht_torch.model.hypertransformer import HyperTransformer
   from ht_torch.optimizer import make_optimizer
@@ -76,6 +78,13 @@ def measure_torch(config_name: str, episodes_per_step: int, repeats: int = 5, se
     run_steps(1)
     warmups[mode] = time.perf_counter() - started
     runners[mode] = run_steps
+  return runners, warmups
+
+
+def measure_torch(config_name: str, episodes_per_step: int, repeats: int = 5, seconds_per_repeat: float = 1.0) -> dict:
+  import torch
+  runners, warmups = torch_training(config_name, episodes_per_step)
+  modes = list(runners)
   untimed = clearly_slower(warmups)
   probes = {m: common.timed_repeats(runners[m], episodes_per_step, 1, seconds_per_repeat)
             for m in modes if m not in untimed}

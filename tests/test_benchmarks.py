@@ -162,3 +162,27 @@ def test_compile_pairs_put_the_longest_compiles_together_and_cover_every_jax_pro
                                                   if i["framework"] == "jax" and i["kind"] != "input_pipeline")
   assert all(len(p) == 2 for p in pairs[:-1])
   assert (pairs[0][0]["config"], pairs[0][0]["kind"], pairs[0][0]["episodes"]) == ("miniimagenet_1shot_v1", "train", 16)
+
+
+def test_head_to_head_summary_takes_the_median_of_per_round_ratios():
+  from benchmarks.head_to_head import summarise
+  rounds = [{"first": "jax", "jax": 100.0, "torch": 50.0}, {"first": "torch", "jax": 90.0, "torch": 60.0},
+            {"first": "jax", "jax": 140.0, "torch": 80.0}]
+  out = summarise(rounds)
+  assert out["jax"] == {"median": 100.0, "min": 90.0, "max": 140.0}
+  assert out["torch"]["median"] == 60.0
+  # Per-round ratios 2.0, 1.5, 1.75 -> 1.75; the ratio of the medians, 100 / 60, would be 1.67.
+  assert out["jax_over_torch"] == {"median": pytest.approx(1.75), "min": pytest.approx(1.5), "max": pytest.approx(2.0)}
+
+
+def test_head_to_head_times_both_frameworks_in_turns():
+  """End to end on the tiny model: both workers report rates, the order flips every round."""
+  from benchmarks import head_to_head
+  result = head_to_head.measure("quickstart:tiny", episodes=2, rounds=3, seconds=0.1)
+  assert [r["first"] for r in result["rounds"]] == ["jax", "torch", "jax"]
+  assert result["torch_mode"] in {"loop", "vmap"}
+  for r in result["rounds"]:
+    assert r["jax"] > 0 and r["torch"] > 0
+  ratios = sorted(r["jax"] / r["torch"] for r in result["rounds"])
+  assert result["jax_over_torch"]["median"] == pytest.approx(ratios[1])
+  assert f"ht_torch ({result['torch_mode']})" in head_to_head.table(result)

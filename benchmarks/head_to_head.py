@@ -1,0 +1,131 @@
+"""JAX against torch, trained in turns: `python -m benchmarks.head_to_head [--config
+omniglot_1shot_v1] [--episodes 16] [--rounds 10] [--seconds 2]`.
+
+benchmarks.run times each framework in its own process, one after the other; on a shared machine
+whose speed drifts by tens of percent over minutes, the ratio of two such rows carries that drift.
+Here both training steps stay warm in two worker processes on all cores, and each round times one
+block of each, back to back, the order flipped every round, so drift touches both alike; the table
+gives medians over rounds and the median of the per-round JAX/torch ratios. torch runs the faster
+of its two modes (benchmarks.train: looping or batching the episodes), chosen by one block of each
+before JAX's worker starts. Writes benchmarks/results/head_to_head.json.
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__":   # first, before jax or torch loads: the command restarts with mimalloc
+  from ht_jax.allocator import restart_with_mimalloc   # (ht_jax/allocator.py; HT_ALLOCATOR=system: off)
+  restart_with_mimalloc()
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+from benchmarks import common
+from benchmarks.cores import Worker
+
+FRAMEWORKS = ("jax", "torch")
+
+
+def training_steps(framework: str, config_spec: str, episodes: int, probe_seconds: float):
+  """run_steps(k) of the framework's warm training step, and its mode (torch: the faster one)."""
+  if framework == "jax":
+    training = common.JaxTraining(common.load_config(config_spec), episodes, batch_count=2)
+    common.warm_up(training.run_steps)
+    return training.run_steps, "jit"
+  from benchmarks.train import clearly_slower, torch_training
+  runners, first_step_s = torch_training(config_spec, episodes)
+  untimed = clearly_slower(first_step_s)
+  probes = {m: common.timed_repeats(run, episodes, 1, probe_seconds)["episodes_per_s_median"]
+            for m, run in runners.items() if m not in untimed}
+  mode = max(probes, key=probes.get)
+  return runners[mode], mode
+
+
+def worker(framework: str, config_spec: str, episodes: int, probe_seconds: float) -> None:
+  """Builds and warms the step, prints its mode and "ready", then for each stdin line N runs N
+  steps and prints the episodes per second."""
+  run_steps, mode = training_steps(framework, config_spec, episodes, probe_seconds)
+  print("mode", mode, flush=True)
+  print("ready", *sorted(os.sched_getaffinity(0)), flush=True)
+  for line in sys.stdin:
+    started = time.perf_counter()
+    run_steps(int(line))
+    print(f"{int(line) * episodes / (time.perf_counter() - started):.4f}", flush=True)
+
+
+def summarise(rounds: list[dict[str, float]]) -> dict:
+  """Medians (and ranges) over rounds of each framework's episodes/s, and the median of the
+  per-round JAX/torch ratios."""
+  out = {f: {"median": statistics.median(r[f] for r in rounds), "min": min(r[f] for r in rounds),
+             "max": max(r[f] for r in rounds)} for f in FRAMEWORKS}
+  ratios = [r["jax"] / r["torch"] for r in rounds]
+  out["jax_over_torch"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+  return out
+
+
+def measure(config_spec: str, episodes: int, rounds: int, seconds: float) -> dict:
+  cores = set(os.sched_getaffinity(0))
+  workers, modes = {}, {}
+  try:
+    # One after the other: torch picks its mode while the JAX worker is not yet compiling.
+    for framework in reversed(FRAMEWORKS):
+      workers[framework] = Worker(cores, config_spec, episodes, module="benchmarks.head_to_head",
+                                  extra=("--framework", framework, "--seconds", str(seconds)))
+      workers[framework].wait_ready()
+      modes[framework] = workers[framework].notes[-1].split()[-1]
+    steps = {}
+    for framework, w in workers.items():   # steps per block: about `seconds`, from one short block
+      w.start(2)
+      steps[framework] = max(2, round(seconds * w.rate() / episodes))
+    results = []
+    for i in range(rounds):
+      order = FRAMEWORKS if i % 2 == 0 else FRAMEWORKS[::-1]
+      row = {"first": order[0]}
+      for framework in order:
+        workers[framework].start(steps[framework])
+        row[framework] = workers[framework].rate()
+      results.append(row)
+  finally:
+    for w in workers.values():
+      w.close()
+  return {"config": config_spec, "episodes_per_step": episodes, "cores": len(cores), "torch_mode": modes["torch"],
+          "steps_per_block": steps, "rounds": results, **summarise(results)}
+
+
+def table(result: dict) -> str:
+  lines = [f"| {result['config']}, {result['episodes_per_step']} episodes/step, {result['cores']} cores "
+           f"| episodes/s median (min-max) |", "|---|---|"]
+  for framework in FRAMEWORKS:
+    r = result[framework]
+    name = f"ht_torch ({result['torch_mode']})" if framework == "torch" else "ht_jax"
+    lines.append(f"| {name} | {r['median']:.1f} ({r['min']:.1f}-{r['max']:.1f}) |")
+  ratio = result["jax_over_torch"]
+  lines.append(f"\nJAX/torch: {ratio['median']:.2f}x (per-round ratios {ratio['min']:.2f}-{ratio['max']:.2f}, "
+               f"median of {len(result['rounds'])} rounds).")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="omniglot_1shot_v1", help="a configs/ name, optionally name:arg")
+  parser.add_argument("--episodes", type=int, default=16)
+  parser.add_argument("--rounds", type=int, default=10)
+  parser.add_argument("--seconds", type=float, default=2.0, help="length of one timed block")
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--framework", choices=FRAMEWORKS, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.rounds < 1 or args.episodes < 1 or args.seconds <= 0:
+    raise SystemExit("benchmarks.head_to_head needs --rounds and --episodes of at least 1 and --seconds above 0.")
+  if args.worker:
+    return worker(args.framework, args.config, args.episodes, args.seconds)
+  result = measure(args.config, args.episodes, args.rounds, args.seconds)
+  common.RESULTS.mkdir(exist_ok=True)
+  (common.RESULTS / "head_to_head.json").write_text(json.dumps(result, indent=2))
+  print(table(result))
+
+
+if __name__ == "__main__":
+  main()
