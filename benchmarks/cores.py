@@ -33,10 +33,16 @@ def worker(config_spec: str, episodes: int) -> None:
   starts its threads."""
   training = common.JaxTraining(common.load_config(config_spec), episodes, batch_count=2)
   common.warm_up(training.run_steps)
-  print("ready", *sorted(os.sched_getaffinity(0)), flush=True)   # the cores it ran on
+  serve(training.run_steps, episodes)
+
+
+def serve(run_steps, episodes: int) -> None:
+  """A worker's side of Worker: prints "ready" and the cores it may run on, then for each stdin
+  line N runs N steps and prints the episodes per second."""
+  print("ready", *sorted(os.sched_getaffinity(0)), flush=True)
   for line in sys.stdin:
     started = time.perf_counter()
-    training.run_steps(int(line))
+    run_steps(int(line))
     print(f"{int(line) * episodes / (time.perf_counter() - started):.4f}", flush=True)
 
 
@@ -78,11 +84,13 @@ class Worker:
     self.process.wait()
 
 
+def spread(values: list[float]) -> dict[str, float]:
+  return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def summarise(rounds: list[dict[str, float]]) -> dict:
   """Medians over rounds of each mode's episodes/s, and medians of the per-round ratios."""
-  modes = rounds[0].keys()
-  out = {m: {"median": statistics.median(r[m] for r in rounds), "min": min(r[m] for r in rounds),
-             "max": max(r[m] for r in rounds)} for m in modes}
+  out = {m: spread([r[m] for r in rounds]) for m in rounds[0]}
   out["pinned_over_free"] = statistics.median(r["pinned processes"] / r["one free process"] for r in rounds)
   out["free_over_one_core"] = statistics.median(r["one free process"] / r["one core"] for r in rounds)
   return out
@@ -134,14 +142,20 @@ def table(result: dict) -> str:
   return "\n".join(lines)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def rounds_parser(doc: str, seconds_help: str) -> argparse.ArgumentParser:
+  """The options of a benchmark that times worker processes in rounds (this one, head_to_head)."""
+  parser = argparse.ArgumentParser(description=doc.split("`")[0].strip().rstrip(":"))
   parser.add_argument("--config", default="omniglot_1shot_v1", help="a configs/ name, optionally name:arg")
   parser.add_argument("--episodes", type=int, default=16)
   parser.add_argument("--rounds", type=int, default=10)
-  parser.add_argument("--seconds", type=float, default=2.0, help="length of one timed block on one core")
-  parser.add_argument("--cores", type=int, default=0, help="use the first K cores only (default: all)")
+  parser.add_argument("--seconds", type=float, default=2.0, help=seconds_help)
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  return parser
+
+
+def main():
+  parser = rounds_parser(__doc__, "length of one timed block on one core")
+  parser.add_argument("--cores", type=int, default=0, help="use the first K cores only (default: all)")
   args = parser.parse_args()
   if args.worker:
     return worker(args.config, args.episodes)

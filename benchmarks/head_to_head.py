@@ -19,12 +19,9 @@ if __name__ == "__main__":   # first, before jax or torch loads: the command res
 import argparse
 import json
 import os
-import statistics
-import sys
-import time
 
 from benchmarks import common
-from benchmarks.cores import Worker
+from benchmarks.cores import Worker, rounds_parser, serve, spread
 
 FRAMEWORKS = ("jax", "torch")
 
@@ -45,24 +42,17 @@ def training_steps(framework: str, config_spec: str, episodes: int, probe_second
 
 
 def worker(framework: str, config_spec: str, episodes: int, probe_seconds: float) -> None:
-  """Builds and warms the step, prints its mode and "ready", then for each stdin line N runs N
-  steps and prints the episodes per second."""
+  """Builds and warms the step, prints its mode, then serves timed blocks (cores.serve)."""
   run_steps, mode = training_steps(framework, config_spec, episodes, probe_seconds)
   print("mode", mode, flush=True)
-  print("ready", *sorted(os.sched_getaffinity(0)), flush=True)
-  for line in sys.stdin:
-    started = time.perf_counter()
-    run_steps(int(line))
-    print(f"{int(line) * episodes / (time.perf_counter() - started):.4f}", flush=True)
+  serve(run_steps, episodes)
 
 
 def summarise(rounds: list[dict[str, float]]) -> dict:
   """Medians (and ranges) over rounds of each framework's episodes/s, and the median of the
   per-round JAX/torch ratios."""
-  out = {f: {"median": statistics.median(r[f] for r in rounds), "min": min(r[f] for r in rounds),
-             "max": max(r[f] for r in rounds)} for f in FRAMEWORKS}
-  ratios = [r["jax"] / r["torch"] for r in rounds]
-  out["jax_over_torch"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+  out = {f: spread([r[f] for r in rounds]) for f in FRAMEWORKS}
+  out["jax_over_torch"] = spread([r["jax"] / r["torch"] for r in rounds])
   return out
 
 
@@ -109,12 +99,7 @@ def table(result: dict) -> str:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="omniglot_1shot_v1", help="a configs/ name, optionally name:arg")
-  parser.add_argument("--episodes", type=int, default=16)
-  parser.add_argument("--rounds", type=int, default=10)
-  parser.add_argument("--seconds", type=float, default=2.0, help="length of one timed block")
-  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  parser = rounds_parser(__doc__, "length of one timed block")
   parser.add_argument("--framework", choices=FRAMEWORKS, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.rounds < 1 or args.episodes < 1 or args.seconds <= 0:
