@@ -48,16 +48,17 @@ def serve(run_steps, episodes: int) -> None:
 
 class Worker:
   """A worker process, on the given cores, driven over its stdin and stdout: `module`'s --worker
-  mode (this one's, or benchmarks.head_to_head's with `extra` arguments)."""
+  mode (this one's, or benchmarks.head_to_head's with `extra` arguments). `env` defaults to this
+  process's with JAX on the CPU (what this benchmark measures)."""
 
   def __init__(self, cores: set[int], config_spec: str, episodes: int, module: str = "benchmarks.cores",
-               extra: tuple[str, ...] = ()):
+               extra: tuple[str, ...] = (), env: dict | None = None):
     self.module = module
     self.notes: list[str] = []   # what the worker printed before "ready"
     self.process = subprocess.Popen(
         [sys.executable, "-m", module, "--worker", "--config", config_spec, "--episodes", str(episodes), *extra],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=common.REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"}, preexec_fn=lambda: os.sched_setaffinity(0, cores))
+        env={**os.environ, "JAX_PLATFORMS": "cpu"} if env is None else env, preexec_fn=lambda: os.sched_setaffinity(0, cores))
 
   def wait_ready(self) -> list[int]:
     """Blocks until the worker has compiled; the cores it runs on."""

@@ -27,24 +27,25 @@ FRAMEWORKS = ("jax", "torch")
 
 
 def training_steps(framework: str, config_spec: str, episodes: int, probe_seconds: float):
-  """run_steps(k) of the framework's warm training step, and its mode (torch: the faster one)."""
+  """run_steps(k) of the framework's warm training step, its mode (torch: the faster one) and its
+  compile_s (JAX: compiling and the first step; torch: the mode's first step)."""
   if framework == "jax":
     training = common.JaxTraining(common.load_config(config_spec), episodes, batch_count=2)
     common.warm_up(training.run_steps)
-    return training.run_steps, "jit"
+    return training.run_steps, "jit", training.compile_s
   from benchmarks.train import clearly_slower, torch_training
   runners, first_step_s = torch_training(config_spec, episodes)
   untimed = clearly_slower(first_step_s)
   probes = {m: common.timed_repeats(run, episodes, 1, probe_seconds)["episodes_per_s_median"]
             for m, run in runners.items() if m not in untimed}
   mode = max(probes, key=probes.get)
-  return runners[mode], mode
+  return runners[mode], mode, first_step_s[mode]
 
 
 def worker(framework: str, config_spec: str, episodes: int, probe_seconds: float) -> None:
   """Builds and warms the step, prints its mode, then serves timed blocks (cores.serve)."""
-  run_steps, mode = training_steps(framework, config_spec, episodes, probe_seconds)
-  print("mode", mode, flush=True)
+  run_steps, mode, compile_s = training_steps(framework, config_spec, episodes, probe_seconds)
+  print("mode", mode, compile_s, flush=True)
   serve(run_steps, episodes)
 
 
@@ -56,16 +57,20 @@ def summarise(rounds: list[dict[str, float]]) -> dict:
   return out
 
 
-def measure(config_spec: str, episodes: int, rounds: int, seconds: float) -> dict:
+def measure(config_spec: str, episodes: int, rounds: int, seconds: float, env: dict | None = None) -> dict:
+  """`env`: the workers' environment (default this process's): on a GPU machine JAX's worker
+  takes the GPU, torch's stays on the CPU, as in benchmarks.train."""
   cores = set(os.sched_getaffinity(0))
-  workers, modes = {}, {}
+  workers, modes, compile_s = {}, {}, {}
   try:
     # One after the other: torch picks its mode while the JAX worker is not yet compiling.
     for framework in reversed(FRAMEWORKS):
       workers[framework] = Worker(cores, config_spec, episodes, module="benchmarks.head_to_head",
-                                  extra=("--framework", framework, "--seconds", str(seconds)))
+                                  extra=("--framework", framework, "--seconds", str(seconds)),
+                                  env=dict(os.environ) if env is None else env)
       workers[framework].wait_ready()
-      modes[framework] = workers[framework].notes[-1].split()[-1]
+      _, modes[framework], seconds_to_compile = workers[framework].notes[-1].split()
+      compile_s[framework] = float(seconds_to_compile)
     steps = {}
     for framework, w in workers.items():   # steps per block: about `seconds`, from one short block
       w.start(2)
@@ -82,6 +87,7 @@ def measure(config_spec: str, episodes: int, rounds: int, seconds: float) -> dic
     for w in workers.values():
       w.close()
   return {"config": config_spec, "episodes_per_step": episodes, "cores": len(cores), "torch_mode": modes["torch"],
+          "compile_s": compile_s,
           "steps_per_block": steps, "rounds": results, **summarise(results)}
 
 

@@ -7,7 +7,10 @@ Writes benchmarks/results/latest.json (one row per measurement; keys in benchmar
 plus details) and prints the tables. About 15 minutes on a 2-core CPU (more with --full, which adds
 miniImageNet at 64 episodes per step); the same command runs on a GPU machine (JAX then uses the
 GPU; torch stays on the CPU, as ht_torch does). JAX measurements compile two at a time, then each
-is timed alone (run_compiling_together); each is followed by its torch twin.
+is timed alone (run_compiling_together); each is followed by its torch twin. Last, the issue's
+2x-torch comparison (omniglot_1shot_v1 at 16 episodes per step) once more from
+benchmarks.head_to_head: both frameworks warm, timed in alternating blocks, so the ratio does not
+carry the machine's drift between two rows' processes.
 A measurement that fails (out of memory, for instance) becomes a row with its error.
 """
 
@@ -29,6 +32,7 @@ import time
 from benchmarks import common
 
 PLAN_KEYS = ("kind", "framework", "config", "episodes")
+HEAD_TO_HEAD = {"config_spec": "omniglot_1shot_v1", "episodes": 16, "rounds": 10, "seconds": 1.0}
 
 
 def plan(quick: bool, full: bool = False) -> list[dict]:
@@ -152,6 +156,17 @@ def run_compiling_together(items: list[dict], repeats: int, seconds: float, time
   return rows
 
 
+def head_to_head(env: dict | None = None, **settings) -> dict:
+  """benchmarks.head_to_head's result for HEAD_TO_HEAD (updated by `settings`), or the settings
+  and the error that stopped it: the run's other rows are kept either way."""
+  from benchmarks import head_to_head as h2h
+  settings = {**HEAD_TO_HEAD, **settings}
+  try:
+    return h2h.measure(**settings, env=env)
+  except (RuntimeError, ValueError) as error:
+    return {"config": settings["config_spec"], "episodes_per_step": settings["episodes"], "error": str(error)}
+
+
 def item_key(item: dict) -> str:
   return " ".join(str(item[k]) for k in PLAN_KEYS) + (f" {item['augmentation']}" if "augmentation" in item else "")
 
@@ -237,13 +252,19 @@ def main():
           run([twin])
     for item in [i for i in items if item_key(i) not in by_key]:   # the input pipeline
       run([item])
+    print(f"[{time.perf_counter() - started:5.0f} s] head to head: {HEAD_TO_HEAD}", flush=True)
+    versus = head_to_head(env)   # about a minute: its JAX worker compiles the step again (the cache saves little of it)
   rows = [by_key[item_key(i)] for i in items]
   common.RESULTS.mkdir(exist_ok=True)
-  out = {"wall_s": time.perf_counter() - started, "compiled_two_at_once": not args.compile_alone, "rows": rows}
+  out = {"wall_s": time.perf_counter() - started, "compiled_two_at_once": not args.compile_alone, "rows": rows,
+         "head_to_head": versus}
   (common.RESULTS / "latest.json").write_text(json.dumps(out, indent=2))
   print(common.markdown_table(rows))
   print()
   print(comparison_table(rows))
+  print()
+  from benchmarks.head_to_head import table
+  print(f"head to head failed: {versus['error']}" if "error" in versus else table(versus))
   waits = [r for r in rows if r["benchmark"] == "input_pipeline" and "data_wait_fraction" in r]
   for r in waits:
     where = {"step": ", ImageNet-style augmentation in the jitted step",

@@ -180,9 +180,16 @@ def test_head_to_head_times_both_frameworks_in_turns():
   from benchmarks import head_to_head
   result = head_to_head.measure("quickstart:tiny", episodes=2, rounds=3, seconds=0.1)
   assert [r["first"] for r in result["rounds"]] == ["jax", "torch", "jax"]
-  assert result["torch_mode"] in {"loop", "vmap"}
+  assert result["torch_mode"] in {"loop", "vmap"} and all(s > 0 for s in result["compile_s"].values())
   for r in result["rounds"]:
     assert r["jax"] > 0 and r["torch"] > 0
   ratios = sorted(r["jax"] / r["torch"] for r in result["rounds"])
   assert result["jax_over_torch"]["median"] == pytest.approx(ratios[1])
   assert f"ht_torch ({result['torch_mode']})" in head_to_head.table(result)
+
+
+def test_a_failed_head_to_head_becomes_its_error_and_keeps_the_run():
+  from benchmarks import run
+  result = run.head_to_head(config_spec="no_such_config", rounds=1, seconds=0.1)
+  assert result["config"] == "no_such_config" and result["episodes_per_step"] == 16
+  assert "exited with status" in result["error"] and "benchmarks.head_to_head --worker" in result["error"]
