@@ -30,6 +30,11 @@ ROW_KEYS = ("benchmark", "config", "framework", "episodes_per_step", "episodes_p
             "episodes_per_s_min", "episodes_per_s_max", "peak_rss_mb", "flop_fraction_of_matmul_peak")
 
 
+def cli_description(doc: str) -> str:
+  """A module docstring's opening words for --help: up to its first `command`, without the colon."""
+  return " ".join(doc.split("`")[0].split()).rstrip(":")
+
+
 def load_config(spec: str):
   """configs/<name>.py's full config (the benchmarks measure the real model); "name:arg" passes
   arg to its get_config (quickstart:tiny, for tests)."""

@@ -145,7 +145,7 @@ def table(result: dict) -> str:
 
 def rounds_parser(doc: str, seconds_help: str) -> argparse.ArgumentParser:
   """The options of a benchmark that times worker processes in rounds (this one, head_to_head)."""
-  parser = argparse.ArgumentParser(description=doc.split("`")[0].strip().rstrip(":"))
+  parser = argparse.ArgumentParser(description=common.cli_description(doc))
   parser.add_argument("--config", default="omniglot_1shot_v1", help="a configs/ name, optionally name:arg")
   parser.add_argument("--episodes", type=int, default=16)
   parser.add_argument("--rounds", type=int, default=10)

@@ -67,7 +67,7 @@ def op_scopes(hlo_text: str) -> dict[str, str]:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=common.cli_description(__doc__))
   parser.add_argument("--config", default="omniglot_1shot_v1", choices=common.CONFIGS)
   parser.add_argument("--episodes", type=int, default=16)
   parser.add_argument("--steps", type=int, default=10)
