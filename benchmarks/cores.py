@@ -13,6 +13,8 @@ medians over rounds and the medians of the per-round ratios. Writes benchmarks/r
 from __future__ import annotations
 
 if __name__ == "__main__":   # first, before jax loads: the command restarts with mimalloc
+  from benchmarks.pinning import pin_from_environment   # a worker: on the cores its parent chose
+  pin_from_environment()
   from ht_jax.allocator import restart_with_mimalloc   # (ht_jax/allocator.py; HT_ALLOCATOR=system: off)
   restart_with_mimalloc()
 
@@ -24,13 +26,13 @@ import subprocess
 import sys
 import time
 
-from benchmarks import common
+from benchmarks import common, pinning
 
 
 def worker(config_spec: str, episodes: int) -> None:
   """Compiles the step, prints "ready" and the cores it may run on, then for each stdin line N
-  runs N steps and prints the episodes per second. Pinned (or not) by the parent before JAX
-  starts its threads."""
+  runs N steps and prints the episodes per second. On the cores the parent chose, set at its
+  start (benchmarks.pinning) before JAX starts its threads."""
   training = common.JaxTraining(common.load_config(config_spec), episodes, batch_count=2)
   common.warm_up(training.run_steps)
   serve(training.run_steps, episodes)
@@ -58,7 +60,7 @@ class Worker:
     self.process = subprocess.Popen(
         [sys.executable, "-m", module, "--worker", "--config", config_spec, "--episodes", str(episodes), *extra],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=common.REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"} if env is None else env, preexec_fn=lambda: os.sched_setaffinity(0, cores))
+        env=pinning.environment(cores, {**os.environ, "JAX_PLATFORMS": "cpu"} if env is None else env))
 
   def wait_ready(self) -> list[int]:
     """Blocks until the worker has compiled; the cores it runs on."""

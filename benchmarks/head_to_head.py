@@ -13,6 +13,8 @@ before JAX's worker starts. Writes benchmarks/results/head_to_head.json.
 from __future__ import annotations
 
 if __name__ == "__main__":   # first, before jax or torch loads: the command restarts with mimalloc
+  from benchmarks.pinning import pin_from_environment   # a worker: on the cores its parent chose
+  pin_from_environment()
   from ht_jax.allocator import restart_with_mimalloc   # (ht_jax/allocator.py; HT_ALLOCATOR=system: off)
   restart_with_mimalloc()
 
