@@ -273,6 +273,10 @@ def main():
           f"{100 * r['data_wait_fraction']:.1f}% of training time waiting for data "
           f"(sampler alone: {r['sampler_episodes_per_s_one_thread']:.0f} episodes/s on one thread)")
   print(f"wrote {common.RESULTS / 'latest.json'} in {out['wall_s']:.0f} s")
+  if any(r.get("episodes_per_s_median") for r in rows if r["benchmark"] == "train"):
+    from benchmarks.plot import plot
+    plot(out, common.RESULTS / "throughput.png")
+    print(f"drew {common.RESULTS / 'throughput.png'}")
 
 
 if __name__ == "__main__":

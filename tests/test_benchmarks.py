@@ -193,3 +193,29 @@ def test_a_failed_head_to_head_becomes_its_error_and_keeps_the_run():
   result = run.head_to_head(config_spec="no_such_config", rounds=1, seconds=0.1)
   assert result["config"] == "no_such_config" and result["episodes_per_step"] == 16
   assert "exited with status" in result["error"] and "benchmarks.head_to_head --worker" in result["error"]
+
+
+def _train_row(config, framework, b, median, **extra):
+  return {"benchmark": "train", "config": config, "framework": framework, "episodes_per_step": b,
+          "episodes_per_s_median": median, "episodes_per_s_min": median - 1, "episodes_per_s_max": median + 2, **extra}
+
+
+def test_the_throughput_plot_draws_each_framework_per_config(tmp_path):
+  from benchmarks.plot import plot
+  rows = [_train_row("a", "jax", 1, 10.0), _train_row("a", "jax", 16, 30.0),
+          _train_row("a", "torch", 1, 5.0, torch_mode="loop"),
+          _train_row("a", "torch", 16, 12.0, torch_mode="vmap", loop_episodes_per_s=4.0, vmap_episodes_per_s=12.0),
+          _train_row("b", "jax", 4, 7.0),
+          {**_train_row("b", "torch", 4, 0.0), "episodes_per_s_median": None, "error": "killed"}]
+  versus = {"config": "a", "episodes_per_step": 16, "jax_over_torch": {"median": 2.5}}
+  axes = plot({"rows": rows, "head_to_head": versus}, tmp_path / "t.png")
+  assert (tmp_path / "t.png").stat().st_size > 0 and len(axes) == 2
+  lines = {l.get_label(): (list(l.get_xdata()), list(l.get_ydata())) for l in axes[0].get_lines()
+           if not l.get_label().startswith("_")}
+  assert lines["ht_torch, loop (slower)"] == ([16], [4.0])
+  assert "2.50x" in axes[0].get_title() and "head to head" not in axes[1].get_title()
+  # Error bars span each row's min-max; the failed torch row is left out of panel b.
+  containers = {c.get_label(): c for c in axes[0].containers}
+  jax_line = containers["ht_jax"].lines[0]
+  assert list(jax_line.get_xdata()) == [1, 16] and list(jax_line.get_ydata()) == [10.0, 30.0]
+  assert [c.get_label() for c in axes[1].containers] == ["ht_jax"]

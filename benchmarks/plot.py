@@ -1,0 +1,98 @@
+"""Training throughput against episodes per step, JAX beside torch: `python -m benchmarks.plot
+[benchmarks/results/latest.json] [--out benchmarks/results/throughput.png]`.
+
+One panel per config: each framework's median episodes/s with its repeats' range as error bars
+(torch at its faster mode per row, its other mode dashed where it was timed), and the run's
+head-to-head ratio in the title of its panel. benchmarks.run draws it after every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+from benchmarks import common
+
+COLORS = {"jax": "tab:blue", "torch": "tab:orange"}
+
+
+def series(rows: list[dict], config: str, framework: str) -> tuple[list[int], list[float], list[float], list[float]]:
+  """(episodes per step, median, min, max) of the config's training rows that were measured."""
+  points = sorted((r["episodes_per_step"], r["episodes_per_s_median"], r["episodes_per_s_min"], r["episodes_per_s_max"])
+                  for r in rows if r["benchmark"] == "train" and r["config"] == config
+                  and r["framework"] == framework and r.get("episodes_per_s_median"))
+  return tuple(map(list, zip(*points))) if points else ([], [], [], [])
+
+
+def other_torch_mode(rows: list[dict], config: str) -> tuple[str, list[int], list[float]] | None:
+  """torch's slower mode where it ran (one block or its first step, benchmarks.train)."""
+  points = {}
+  for r in rows:
+    if r["benchmark"] == "train" and r["config"] == config and r["framework"] == "torch" and r.get("torch_mode"):
+      slower = "vmap" if r["torch_mode"] == "loop" else "loop"
+      if r.get(f"{slower}_episodes_per_s"):
+        points.setdefault(slower, []).append((r["episodes_per_step"], r[f"{slower}_episodes_per_s"]))
+  if not points:
+    return None
+  mode = max(points, key=lambda m: len(points[m]))   # the mode that lost most often
+  b, rate = zip(*sorted(points[mode]))
+  return mode, list(b), list(rate)
+
+
+def plot(result: dict, path: pathlib.Path):
+  """Draws `result` (latest.json's contents) to `path`; returns the figure's axes, one per config."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = result["rows"]
+  configs = [c for c in dict.fromkeys(r["config"] for r in rows if r["benchmark"] == "train")]
+  if not configs:
+    raise ValueError("the results hold no training rows to plot; run `python -m benchmarks.run` first.")
+  fig, axes = plt.subplots(1, len(configs), figsize=(4.2 * len(configs), 3.8), dpi=120, squeeze=False)
+  versus = result.get("head_to_head") or {}
+  for ax, config in zip(axes[0], configs):
+    for framework in ("jax", "torch"):
+      b, median, low, high = series(rows, config, framework)
+      if b:
+        ax.errorbar(b, median, yerr=[[m - l for m, l in zip(median, low)], [h - m for m, h in zip(median, high)]],
+                    marker="o", capsize=3, color=COLORS[framework],
+                    label="ht_torch (faster mode)" if framework == "torch" else "ht_jax")
+    slower = other_torch_mode(rows, config)
+    if slower:
+      mode, b, rate = slower
+      ax.plot(b, rate, ls="--", marker=".", color=COLORS["torch"], alpha=0.6, label=f"ht_torch, {mode} (slower)")
+    title = config
+    if versus.get("config") == config and "jax_over_torch" in versus:
+      title += f"\nhead to head at {versus['episodes_per_step']}: {versus['jax_over_torch']['median']:.2f}x"
+    ax.set_title(title, fontsize=9)
+    ax.set_xscale("log", base=2)
+    ticks = sorted({r["episodes_per_step"] for r in rows if r["benchmark"] == "train" and r["config"] == config})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("episodes per step")
+    ax.set_ylabel("training episodes/s (median, min-max)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path)
+  plt.close(fig)
+  return list(axes[0])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=common.cli_description(__doc__))
+  parser.add_argument("results", nargs="?", default=str(common.RESULTS / "latest.json"))
+  parser.add_argument("--out", default=str(common.RESULTS / "throughput.png"))
+  args = parser.parse_args()
+  source = pathlib.Path(args.results)
+  if not source.exists():
+    raise SystemExit(f"{source} does not exist; run `python -m benchmarks.run` first, or name a results file.")
+  plot(json.loads(source.read_text()), pathlib.Path(args.out))
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
