@@ -72,8 +72,12 @@ class Worker:
                        f"run `python -m {self.module} --worker` alone to see its error.")
 
   def start(self, steps: int) -> None:
-    self.process.stdin.write(f"{steps}\n")
-    self.process.stdin.flush()
+    try:
+      self.process.stdin.write(f"{steps}\n")
+      self.process.stdin.flush()
+    except OSError:   # it has died (a broken pipe): say so as rate() would
+      raise RuntimeError(f"a benchmark worker exited with status {self.process.wait()} between blocks; "
+                         f"run `python -m {self.module} --worker` alone to see its error.") from None
 
   def rate(self) -> float:
     line = self.process.stdout.readline()

@@ -21,6 +21,7 @@ if __name__ == "__main__":   # first, before jax or torch loads: the command res
 import argparse
 import json
 import os
+import threading
 
 from benchmarks import common
 from benchmarks.cores import Worker, rounds_parser, serve, spread
@@ -35,12 +36,9 @@ def training_steps(framework: str, config_spec: str, episodes: int, probe_second
     training = common.JaxTraining(common.load_config(config_spec), episodes, batch_count=2)
     common.warm_up(training.run_steps)
     return training.run_steps, "jit", training.compile_s
-  from benchmarks.train import clearly_slower, torch_training
+  from benchmarks.train import probe_torch_modes, torch_training
   runners, first_step_s = torch_training(config_spec, episodes)
-  untimed = clearly_slower(first_step_s)
-  probes = {m: common.timed_repeats(run, episodes, 1, probe_seconds)["episodes_per_s_median"]
-            for m, run in runners.items() if m not in untimed}
-  mode = max(probes, key=probes.get)
+  mode, _, _ = probe_torch_modes(runners, first_step_s, episodes, probe_seconds)
   return runners[mode], mode, first_step_s[mode]
 
 
@@ -59,11 +57,25 @@ def summarise(rounds: list[dict[str, float]]) -> dict:
   return out
 
 
-def measure(config_spec: str, episodes: int, rounds: int, seconds: float, env: dict | None = None) -> dict:
+def mode_line(notes: list[str]) -> tuple[str, float]:
+  """The worker's mode and compile_s from what it printed before "ready"."""
+  for line in reversed(notes):
+    if line.startswith("mode "):
+      _, mode, compile_s = line.split()
+      return mode, float(compile_s)
+  raise RuntimeError(f"a benchmark worker did not say its mode before it was ready (it printed {notes!r}).")
+
+
+def measure(config_spec: str, episodes: int, rounds: int, seconds: float, env: dict | None = None,
+            timeout: float | None = None) -> dict:
   """`env`: the workers' environment (default this process's): on a GPU machine JAX's worker
-  takes the GPU, torch's stays on the CPU, as in benchmarks.train."""
+  takes the GPU, torch's stays on the CPU, as in benchmarks.train. After `timeout` seconds the
+  workers are killed and this raises RuntimeError."""
   cores = set(os.sched_getaffinity(0))
   workers, modes, compile_s = {}, {}, {}
+  watchdog = threading.Timer(timeout, lambda: [w.close() for w in list(workers.values())]) if timeout else None
+  if watchdog:
+    watchdog.start()
   try:
     # One after the other: torch picks its mode while the JAX worker is not yet compiling.
     for framework in reversed(FRAMEWORKS):
@@ -71,8 +83,7 @@ def measure(config_spec: str, episodes: int, rounds: int, seconds: float, env: d
                                   extra=("--framework", framework, "--seconds", str(seconds)),
                                   env=dict(os.environ) if env is None else env)
       workers[framework].wait_ready()
-      _, modes[framework], seconds_to_compile = workers[framework].notes[-1].split()
-      compile_s[framework] = float(seconds_to_compile)
+      modes[framework], compile_s[framework] = mode_line(workers[framework].notes)
     steps = {}
     for framework, w in workers.items():   # steps per block: about `seconds`, from one short block
       w.start(2)
@@ -85,7 +96,13 @@ def measure(config_spec: str, episodes: int, rounds: int, seconds: float, env: d
         workers[framework].start(steps[framework])
         row[framework] = workers[framework].rate()
       results.append(row)
+  except RuntimeError:
+    if watchdog and not watchdog.is_alive():
+      raise RuntimeError(f"the head-to-head took over {timeout:.0f} s; its workers were stopped.") from None
+    raise
   finally:
+    if watchdog:
+      watchdog.cancel()
     for w in workers.values():
       w.close()
   return {"config": config_spec, "episodes_per_step": episodes, "cores": len(cores), "torch_mode": modes["torch"],

@@ -2,7 +2,8 @@
 [benchmarks/results/latest.json] [--out benchmarks/results/throughput.png]`.
 
 One panel per config: each framework's median episodes/s with its repeats' range as error bars
-(torch at its faster mode per row, its other mode dashed where it was timed), and the run's
+(torch at its faster mode per row; dashed or dotted, its other mode where it ran: one timed
+block, or its first step where that alone was far slower), and the run's
 head-to-head ratio in the title of its panel. benchmarks.run draws it after every run.
 """
 
@@ -25,19 +26,16 @@ def series(rows: list[dict], config: str, framework: str) -> tuple[list[int], li
   return tuple(map(list, zip(*points))) if points else ([], [], [], [])
 
 
-def other_torch_mode(rows: list[dict], config: str) -> tuple[str, list[int], list[float]] | None:
-  """torch's slower mode where it ran (one block or its first step, benchmarks.train)."""
+def slower_torch_modes(rows: list[dict], config: str) -> dict[str, tuple[list[int], list[float]]]:
+  """torch's slower mode at each row where it ran, by mode: {mode: (episodes per step, rate)}. Its
+  rate is one timed block, or its first step where that alone was far slower (benchmarks.train)."""
   points = {}
   for r in rows:
     if r["benchmark"] == "train" and r["config"] == config and r["framework"] == "torch" and r.get("torch_mode"):
       slower = "vmap" if r["torch_mode"] == "loop" else "loop"
       if r.get(f"{slower}_episodes_per_s"):
         points.setdefault(slower, []).append((r["episodes_per_step"], r[f"{slower}_episodes_per_s"]))
-  if not points:
-    return None
-  mode = max(points, key=lambda m: len(points[m]))   # the mode that lost most often
-  b, rate = zip(*sorted(points[mode]))
-  return mode, list(b), list(rate)
+  return {mode: tuple(map(list, zip(*sorted(p)))) for mode, p in sorted(points.items())}
 
 
 def plot(result: dict, path: pathlib.Path):
@@ -58,10 +56,8 @@ def plot(result: dict, path: pathlib.Path):
         ax.errorbar(b, median, yerr=[[m - l for m, l in zip(median, low)], [h - m for m, h in zip(median, high)]],
                     marker="o", capsize=3, color=COLORS[framework],
                     label="ht_torch (faster mode)" if framework == "torch" else "ht_jax")
-    slower = other_torch_mode(rows, config)
-    if slower:
-      mode, b, rate = slower
-      ax.plot(b, rate, ls="--", marker=".", color=COLORS["torch"], alpha=0.6, label=f"ht_torch, {mode} (slower)")
+    for (mode, (b, rate)), style in zip(slower_torch_modes(rows, config).items(), ("--", ":")):
+      ax.plot(b, rate, ls=style, marker=".", color=COLORS["torch"], alpha=0.6, label=f"ht_torch, {mode} (slower)")
     title = config
     if versus.get("config") == config and "jax_over_torch" in versus:
       title += f"\nhead to head at {versus['episodes_per_step']}: {versus['jax_over_torch']['median']:.2f}x"

@@ -156,14 +156,15 @@ def run_compiling_together(items: list[dict], repeats: int, seconds: float, time
   return rows
 
 
-def head_to_head(env: dict | None = None, **settings) -> dict:
+def head_to_head(env: dict | None = None, timeout: float | None = None, **settings) -> dict:
   """benchmarks.head_to_head's result for HEAD_TO_HEAD (updated by `settings`), or the settings
-  and the error that stopped it: the run's other rows are kept either way."""
+  and the error that stopped it (a worker that died or printed nonsense, `timeout` seconds
+  passed): the run's other rows are kept either way."""
   from benchmarks import head_to_head as h2h
   settings = {**HEAD_TO_HEAD, **settings}
   try:
-    return h2h.measure(**settings, env=env)
-  except (RuntimeError, ValueError) as error:
+    return h2h.measure(**settings, env=env, timeout=timeout)
+  except (RuntimeError, ValueError, OSError) as error:
     return {"config": settings["config_spec"], "episodes_per_step": settings["episodes"], "error": str(error)}
 
 
@@ -208,7 +209,7 @@ def comparison_table(rows: list[dict]) -> str:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=common.cli_description(__doc__))
   parser.add_argument("--quick", action="store_true", help="omniglot_1shot_v1 at 1 and 16 episodes per step only")
   parser.add_argument("--full", action="store_true", help="also miniimagenet_1shot_v1 at 64 episodes per step")
   parser.add_argument("--repeats", type=int, default=5)
@@ -253,7 +254,9 @@ def main():
     for item in [i for i in items if item_key(i) not in by_key]:   # the input pipeline
       run([item])
     print(f"[{time.perf_counter() - started:5.0f} s] head to head: {HEAD_TO_HEAD}", flush=True)
-    versus = head_to_head(env)   # about a minute: its JAX worker compiles the step again (the cache saves little of it)
+    # About a minute: its JAX worker builds the step again (about 20 s even from the run's cache:
+    # tracing, then loading the executable).
+    versus = head_to_head(env, args.timeout)
   rows = [by_key[item_key(i)] for i in items]
   common.RESULTS.mkdir(exist_ok=True)
   out = {"wall_s": time.perf_counter() - started, "compiled_two_at_once": not args.compile_alone, "rows": rows,

@@ -81,14 +81,20 @@ def torch_training(config_name: str, episodes_per_step: int) -> tuple[dict, dict
   return runners, warmups
 
 
+def probe_torch_modes(runners: dict, first_step_s: dict[str, float], episodes_per_step: int,
+                      seconds: float) -> tuple[str, dict[str, dict], set[str]]:
+  """One timed block of each mode worth timing (clearly_slower): the faster mode, the blocks'
+  timings by mode, and the modes left untimed."""
+  untimed = clearly_slower(first_step_s)
+  probes = {m: common.timed_repeats(run, episodes_per_step, 1, seconds) for m, run in runners.items() if m not in untimed}
+  return max(probes, key=lambda m: probes[m]["episodes_per_s_median"]), probes, untimed
+
+
 def measure_torch(config_name: str, episodes_per_step: int, repeats: int = 5, seconds_per_repeat: float = 1.0) -> dict:
   import torch
   runners, warmups = torch_training(config_name, episodes_per_step)
   modes = list(runners)
-  untimed = clearly_slower(warmups)
-  probes = {m: common.timed_repeats(runners[m], episodes_per_step, 1, seconds_per_repeat)
-            for m in modes if m not in untimed}
-  best = max(probes, key=lambda m: probes[m]["episodes_per_s_median"])
+  best, probes, untimed = probe_torch_modes(runners, warmups, episodes_per_step, seconds_per_repeat)
   timing = common.timed_repeats(runners[best], episodes_per_step, repeats, seconds_per_repeat, prior=probes[best])
   rates = {m: episodes_per_step / warmups[m] if m in untimed else probes[m]["episodes_per_s_median"] for m in modes}
   rates[best] = timing["episodes_per_s_median"]
@@ -103,7 +109,7 @@ MEASURE = {"jax": measure_jax, "torch": measure_torch}
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=common.cli_description(__doc__))
   parser.add_argument("--framework", choices=sorted(MEASURE), required=True)
   parser.add_argument("--config", default="omniglot_1shot_v1", choices=common.CONFIGS)
   parser.add_argument("--episodes", type=int, nargs="+", default=[1, 4, 16, 64])

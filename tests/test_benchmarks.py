@@ -177,8 +177,10 @@ def test_head_to_head_summary_takes_the_median_of_per_round_ratios():
 
 def test_head_to_head_times_both_frameworks_in_turns():
   """End to end on the tiny model: both workers report rates, the order flips every round."""
+  import os
   from benchmarks import head_to_head
-  result = head_to_head.measure("quickstart:tiny", episodes=2, rounds=3, seconds=0.1)
+  cpu = {**os.environ, "JAX_PLATFORMS": "cpu"}   # this test's process may hold a GPU's memory
+  result = head_to_head.measure("quickstart:tiny", episodes=2, rounds=3, seconds=0.1, env=cpu)
   assert [r["first"] for r in result["rounds"]] == ["jax", "torch", "jax"]
   assert result["torch_mode"] in {"loop", "vmap"} and all(s > 0 for s in result["compile_s"].values())
   for r in result["rounds"]:
@@ -203,7 +205,7 @@ def _train_row(config, framework, b, median, **extra):
 def test_the_throughput_plot_draws_each_framework_per_config(tmp_path):
   from benchmarks.plot import plot
   rows = [_train_row("a", "jax", 1, 10.0), _train_row("a", "jax", 16, 30.0),
-          _train_row("a", "torch", 1, 5.0, torch_mode="loop"),
+          _train_row("a", "torch", 1, 5.0, torch_mode="loop", loop_episodes_per_s=5.0, vmap_episodes_per_s=3.0),
           _train_row("a", "torch", 16, 12.0, torch_mode="vmap", loop_episodes_per_s=4.0, vmap_episodes_per_s=12.0),
           _train_row("b", "jax", 4, 7.0),
           {**_train_row("b", "torch", 4, 0.0), "episodes_per_s_median": None, "error": "killed"}]
@@ -212,10 +214,39 @@ def test_the_throughput_plot_draws_each_framework_per_config(tmp_path):
   assert (tmp_path / "t.png").stat().st_size > 0 and len(axes) == 2
   lines = {l.get_label(): (list(l.get_xdata()), list(l.get_ydata())) for l in axes[0].get_lines()
            if not l.get_label().startswith("_")}
-  assert lines["ht_torch, loop (slower)"] == ([16], [4.0])
+  # Each slower mode where it lost: vmap at 1, loop at 16.
+  assert lines["ht_torch, loop (slower)"] == ([16], [4.0]) and lines["ht_torch, vmap (slower)"] == ([1], [3.0])
   assert "2.50x" in axes[0].get_title() and "head to head" not in axes[1].get_title()
   # Error bars span each row's min-max; the failed torch row is left out of panel b.
   containers = {c.get_label(): c for c in axes[0].containers}
   jax_line = containers["ht_jax"].lines[0]
   assert list(jax_line.get_xdata()) == [1, 16] and list(jax_line.get_ydata()) == [10.0, 30.0]
   assert [c.get_label() for c in axes[1].containers] == ["ht_jax"]
+
+
+def test_a_head_to_head_past_its_timeout_stops_its_workers():
+  import os
+  from benchmarks import head_to_head
+  started = time.perf_counter()
+  with pytest.raises(RuntimeError, match="took over 1 s"):   # the workers need longer than that to start
+    head_to_head.measure("quickstart:tiny", episodes=2, rounds=1, seconds=0.1,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=1.0)
+  assert time.perf_counter() - started < 30
+
+
+def test_a_dead_worker_is_reported_when_it_is_next_given_steps():
+  import os
+  from benchmarks.cores import Worker
+  worker = Worker(set(os.sched_getaffinity(0)), "no_such_config", 1)
+  with pytest.raises(RuntimeError, match="before its first step"):
+    worker.wait_ready()
+  with pytest.raises(RuntimeError, match="between blocks"):   # a broken pipe, said as such
+    worker.start(1)
+  worker.close()
+
+
+def test_the_worker_mode_line_is_found_among_other_output():
+  from benchmarks.head_to_head import mode_line
+  assert mode_line(["some warning", "mode vmap 0.61", "another line"]) == ("vmap", 0.61)
+  with pytest.raises(RuntimeError, match="did not say its mode"):
+    mode_line(["some warning"])
