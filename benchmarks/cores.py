@@ -33,9 +33,14 @@ def worker(config_spec: str, episodes: int) -> None:
   """Compiles the step, prints "ready" and the cores it may run on, then for each stdin line N
   runs N steps and prints the episodes per second. On the cores the parent chose, set at its
   start (benchmarks.pinning) before JAX starts its threads."""
+  serve(warm_jax_training(config_spec, episodes).run_steps, episodes)
+
+
+def warm_jax_training(config_spec: str, episodes: int) -> common.JaxTraining:
+  """A worker's JAX step: compiled over two batches, then warmed up (common.warm_up)."""
   training = common.JaxTraining(common.load_config(config_spec), episodes, batch_count=2)
   common.warm_up(training.run_steps)
-  serve(training.run_steps, episodes)
+  return training
 
 
 def serve(run_steps, episodes: int) -> None:

@@ -24,7 +24,7 @@ import os
 import threading
 
 from benchmarks import common
-from benchmarks.cores import Worker, rounds_parser, serve, spread
+from benchmarks.cores import Worker, rounds_parser, serve, spread, warm_jax_training
 
 FRAMEWORKS = ("jax", "torch")
 
@@ -33,8 +33,7 @@ def training_steps(framework: str, config_spec: str, episodes: int, probe_second
   """run_steps(k) of the framework's warm training step, its mode (torch: the faster one) and its
   compile_s (JAX: compiling and the first step; torch: the mode's first step)."""
   if framework == "jax":
-    training = common.JaxTraining(common.load_config(config_spec), episodes, batch_count=2)
-    common.warm_up(training.run_steps)
+    training = warm_jax_training(config_spec, episodes)
     return training.run_steps, "jit", training.compile_s
   from benchmarks.train import probe_torch_modes, torch_training
   runners, first_step_s = torch_training(config_spec, episodes)

@@ -18,20 +18,19 @@ from benchmarks import common
 COLORS = {"jax": "tab:blue", "torch": "tab:orange"}
 
 
-def series(rows: list[dict], config: str, framework: str) -> tuple[list[int], list[float], list[float], list[float]]:
-  """(episodes per step, median, min, max) of the config's training rows that were measured."""
+def series(panel: list[dict], framework: str) -> tuple[list[int], list[float], list[float], list[float]]:
+  """(episodes per step, median, min, max) of the framework's rows in a panel that were measured."""
   points = sorted((r["episodes_per_step"], r["episodes_per_s_median"], r["episodes_per_s_min"], r["episodes_per_s_max"])
-                  for r in rows if r["benchmark"] == "train" and r["config"] == config
-                  and r["framework"] == framework and r.get("episodes_per_s_median"))
+                  for r in panel if r["framework"] == framework and r.get("episodes_per_s_median"))
   return tuple(map(list, zip(*points))) if points else ([], [], [], [])
 
 
-def slower_torch_modes(rows: list[dict], config: str) -> dict[str, tuple[list[int], list[float]]]:
+def slower_torch_modes(panel: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
   """torch's slower mode at each row where it ran, by mode: {mode: (episodes per step, rate)}. Its
   rate is one timed block, or its first step where that alone was far slower (benchmarks.train)."""
   points = {}
-  for r in rows:
-    if r["benchmark"] == "train" and r["config"] == config and r["framework"] == "torch" and r.get("torch_mode"):
+  for r in panel:
+    if r["framework"] == "torch" and r.get("torch_mode"):
       slower = "vmap" if r["torch_mode"] == "loop" else "loop"
       if r.get(f"{slower}_episodes_per_s"):
         points.setdefault(slower, []).append((r["episodes_per_step"], r[f"{slower}_episodes_per_s"]))
@@ -50,20 +49,21 @@ def plot(result: dict, path: pathlib.Path):
   fig, axes = plt.subplots(1, len(configs), figsize=(4.2 * len(configs), 3.8), dpi=120, squeeze=False)
   versus = result.get("head_to_head") or {}
   for ax, config in zip(axes[0], configs):
+    panel = [r for r in rows if r["benchmark"] == "train" and r["config"] == config]
     for framework in ("jax", "torch"):
-      b, median, low, high = series(rows, config, framework)
+      b, median, low, high = series(panel, framework)
       if b:
         ax.errorbar(b, median, yerr=[[m - l for m, l in zip(median, low)], [h - m for m, h in zip(median, high)]],
                     marker="o", capsize=3, color=COLORS[framework],
                     label="ht_torch (faster mode)" if framework == "torch" else "ht_jax")
-    for (mode, (b, rate)), style in zip(slower_torch_modes(rows, config).items(), ("--", ":")):
+    for (mode, (b, rate)), style in zip(slower_torch_modes(panel).items(), ("--", ":")):
       ax.plot(b, rate, ls=style, marker=".", color=COLORS["torch"], alpha=0.6, label=f"ht_torch, {mode} (slower)")
     title = config
     if versus.get("config") == config and "jax_over_torch" in versus:
       title += f"\nhead to head at {versus['episodes_per_step']}: {versus['jax_over_torch']['median']:.2f}x"
     ax.set_title(title, fontsize=9)
     ax.set_xscale("log", base=2)
-    ticks = sorted({r["episodes_per_step"] for r in rows if r["benchmark"] == "train" and r["config"] == config})
+    ticks = sorted({r["episodes_per_step"] for r in panel})
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("episodes per step")
