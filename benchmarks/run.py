@@ -6,8 +6,9 @@ the original protocol; the input pipeline's waiting fraction for Omniglot and 84
 Writes benchmarks/results/latest.json (one row per measurement; keys in benchmarks.common.ROW_KEYS
 plus details) and prints the tables. About 15 minutes on a 2-core CPU (more with --full, which adds
 miniImageNet at 64 episodes per step); the same command runs on a GPU machine (JAX then uses the
-GPU; torch stays on the CPU, as ht_torch does). JAX measurements compile two at a time, then each
-is timed alone (run_compiling_together); each is followed by its torch twin. Last, the issue's
+GPU; torch stays on the CPU, as ht_torch does). JAX measurements compile two at a time, in groups
+(compile_groups), then each is timed alone (run_compiling_together); each group is followed by its
+torch twins. Last, the issue's
 2x-torch comparison (omniglot_1shot_v1 at 16 episodes per step) once more from
 benchmarks.head_to_head: both frameworks warm, timed in alternating blocks, so the ratio does not
 carry the machine's drift between two rows' processes.
@@ -77,6 +78,7 @@ class Measurement:
 
   def __init__(self, item: dict, repeats: int, seconds: float, timeout: float, env: dict | None = None):
     self.item, self.timeout, self.started = item, timeout, time.perf_counter()
+    self.process_started = self.started
     self._out = tempfile.NamedTemporaryFile(suffix=".json")
     # A file, not a pipe: nobody reads a pipe while the child compiles, and a full one would stall it.
     self._stderr = tempfile.TemporaryFile(mode="w+")
@@ -88,6 +90,10 @@ class Measurement:
     """Until condition() holds, the process has ended, or its time is up."""
     while not condition() and self._process.poll() is None and not self._timed_out():
       time.sleep(0.05)
+
+  def compiled(self, ready_file: str) -> bool:
+    """Done compiling: it says so (the ready file), has ended, or its time is up."""
+    return os.path.exists(ready_file) or self._process.poll() is not None or self._timed_out()
 
   def _timed_out(self) -> bool:
     return time.perf_counter() - self.started > self.timeout
@@ -118,31 +124,54 @@ def run_in_subprocess(item: dict, repeats: int, seconds: float, timeout: float, 
   return Measurement(item, repeats, seconds, timeout, env).row()
 
 
-def compile_pairs(items: list[dict]) -> list[list[dict]]:
-  """The plan's JAX training and evaluation items in pairs that compile at once, longest compiles
-  together (84x84 images first, then training before evaluation, more episodes per step first):
-  a pair's compiling takes as long as its longer one."""
+def compile_groups(items: list[dict]) -> list[list[dict]]:
+  """The plan's JAX training and evaluation items in groups that compile together, at most
+  COMPILE_SLOTS at once (run_compiling_together), longest compiles first (84x84 images first, then
+  training before evaluation, more episodes per step first). Mostly pairs: a pair's compiling takes
+  as long as its longer one. miniImageNet at 16 episodes per step compiles sixteen single-episode
+  groups (parallel.auto_groups), 2.5-4 minutes, several times any other: the rest of the
+  miniImageNet programs and Omniglot's at 4 per step compile one after another beside it, in its
+  shadow, instead of in pairs of their own (their processes then wait, holding 3 GB at most each:
+  about 17 GB for the group). miniImageNet at 64 (--full) compiles alone."""
   jobs = [i for i in items if i["framework"] == "jax" and i["kind"] in ("train", "evaluation")]
   jobs.sort(key=lambda i: (i["config"].startswith("miniimagenet"), i["kind"] == "train", i["episodes"]), reverse=True)
-  return [jobs[i:i + 2] for i in range(0, len(jobs), 2)]
+  is_84 = [i["config"].startswith("miniimagenet") for i in jobs]
+  leads = [i for i, big in zip(jobs, is_84) if big and i["kind"] == "train" and i["episodes"] >= 16]
+  if not leads:
+    return [jobs[i:i + 2] for i in range(0, len(jobs), 2)]
+  shadow = [i for i, big in zip(jobs, is_84) if i not in leads and (big or (i["kind"] == "train" and i["episodes"] == 4))]
+  rest = [i for i in jobs if i not in leads and i not in shadow]
+  return [[lead] for lead in leads[:-1]] + [[leads[-1]] + shadow] + [rest[i:i + 2] for i in range(0, len(rest), 2)]
+
+
+COMPILE_SLOTS = 2   # one XLA:CPU compile keeps 1.1-1.5 of the 2 cores busy
 
 
 def run_compiling_together(items: list[dict], repeats: int, seconds: float, timeout: float,
-                           env: dict | None = None) -> list[dict]:
-  """Starts one process per item at once; each compiles its program, then waits
-  (common.wait_for_turn) until every one has compiled; then they are timed one after another,
-  each alone on the machine. One XLA compile keeps 1.1-1.5 of 2 cores busy, so two compiling
-  together save about 1.4x of the time without touching what is timed. Rows gain
-  compiled_alongside and when their timed turn began and ended (turn_started, turn_ended: the
-  parent's time.perf_counter())."""
-  # On a GPU each process would otherwise reserve 75% of its memory.
-  env = {"XLA_PYTHON_CLIENT_MEM_FRACTION": str(round(0.9 / len(items), 2)), **(env or os.environ)}
+                           env: dict | None = None, slots: int = COMPILE_SLOTS) -> list[dict]:
+  """One process per item, at most `slots` of them compiling at once (the next starts when one has
+  compiled); each compiles its program, then waits (common.wait_for_turn) until every one has
+  compiled; then they are timed one after another, in `items` order, each alone on the machine.
+  Compiling two at a time saves about 1.4x of the compile time without touching what is timed.
+  Rows gain compiled_alongside, when their process started and when their timed turn began and
+  ended (process_started, turn_started, turn_ended: the parent's time.perf_counter())."""
+  # A waiting process holds only what it has used: on a GPU each would otherwise reserve 75% of its memory.
+  env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **(env or os.environ)}
   with tempfile.TemporaryDirectory(prefix="ht_bench_turns_") as turns:
     runs = []
-    for n, item in enumerate(items):
+
+    def start(n):
       ready, go = os.path.join(turns, f"ready{n}"), os.path.join(turns, f"go{n}")
-      runs.append((Measurement(item, repeats, seconds, timeout, {**env, common.TURN_ENV: ready + os.pathsep + go}),
-                   ready, go))
+      turn = {common.TURN_ENV: ready + os.pathsep + go}
+      runs.append((Measurement(items[n], repeats, seconds, timeout, {**env, **turn}), ready, go))
+
+    def compiling():
+      return [m for m, ready, _ in runs if not m.compiled(ready)]
+
+    for n in range(len(items)):
+      while len(compiling()) >= slots:
+        time.sleep(0.05)
+      start(n)
     for measurement, ready, _ in runs:
       measurement.wait_until(lambda ready=ready: os.path.exists(ready))
     rows = []
@@ -152,7 +181,8 @@ def run_compiling_together(items: list[dict], repeats: int, seconds: float, time
       pathlib.Path(go).touch()
       row = measurement.row()
       others = [item_key(i) for m, i in enumerate(items) if m != n]
-      rows.append({**row, "compiled_alongside": others, "turn_started": turn_started, "turn_ended": time.perf_counter()})
+      rows.append({**row, "compiled_alongside": others, "process_started": measurement.process_started,
+                   "turn_started": turn_started, "turn_ended": time.perf_counter()})
   return rows
 
 
@@ -242,13 +272,13 @@ def main():
               else [run_in_subprocess(batch[0], args.repeats, args.seconds, args.timeout, env)])
       by_key.update({item_key(i): r for i, r in zip(batch, rows)})
 
-    pairs = compile_pairs(items)
+    groups = compile_groups(items)
     if args.compile_alone:
-      pairs = [[item] for pair in pairs for item in pair]
-    for pair in pairs:
-      run(pair)
-      # Each JAX row's torch twin right after it, so that the two are measured in the same hour.
-      for twin in [{**j, "framework": "torch"} for j in pair]:
+      groups = [[item] for group in groups for item in group]
+    for group in groups:
+      run(group)
+      # Each JAX row's torch twin right after its group, so that the two are measured in the same hour.
+      for twin in [{**j, "framework": "torch"} for j in group]:
         if twin in items:
           run([twin])
     for item in [i for i in items if item_key(i) not in by_key]:   # the input pipeline

@@ -138,13 +138,17 @@ def test_cores_benchmark_times_pinned_and_free_workers():
   assert "pinned processes at once" in cores.table(result)
 
 
-def test_two_measurements_compile_together_but_are_timed_one_after_the_other():
-  items = [{"kind": "train", "framework": "jax", "config": "quickstart:tiny", "episodes": e} for e in (1, 2)]
-  rows = run.run_compiling_together(items, repeats=2, seconds=0.05, timeout=300)
-  assert [r["episodes_per_step"] for r in rows] == [1, 2] and not any(r.get("error") for r in rows)
-  assert rows[0]["turn_ended"] <= rows[1]["turn_started"]   # the second timed only after the first ended
-  assert rows[0]["compiled_alongside"] == [run.item_key(items[1])]
+def test_measurements_compile_two_at_a_time_but_are_timed_one_after_the_other():
+  items = [{"kind": "train", "framework": "jax", "config": "quickstart:tiny", "episodes": e} for e in (1, 2, 3)]
+  rows = run.run_compiling_together(items, repeats=2, seconds=0.05, timeout=300, slots=2)
+  assert [r["episodes_per_step"] for r in rows] == [1, 2, 3] and not any(r.get("error") for r in rows)
+  assert all(a["turn_ended"] <= b["turn_started"] for a, b in zip(rows, rows[1:]))   # each timed after the last ended
+  assert rows[0]["compiled_alongside"] == [run.item_key(items[1]), run.item_key(items[2])]
   assert all(r["compile_s"] > 0 and r["episodes_per_s_median"] > 0 for r in rows)
+  # Two slots: the first two start together, the third only once one of them has compiled.
+  compiled_by = [r["process_started"] + r["compile_s"] for r in rows]
+  assert rows[1]["process_started"] < compiled_by[0]
+  assert rows[2]["process_started"] >= min(compiled_by[:2])
 
 
 def test_a_pair_member_that_fails_does_not_stop_the_other():
@@ -154,14 +158,20 @@ def test_a_pair_member_that_fails_does_not_stop_the_other():
   assert "no_such_config" in failed["error"] and measured["episodes_per_s_median"] > 0
 
 
-def test_compile_pairs_put_the_longest_compiles_together_and_cover_every_jax_program():
-  plan = run.plan(quick=False)
-  pairs = run.compile_pairs(plan)
-  jobs = [i for pair in pairs for i in pair]
-  assert sorted(map(run.item_key, jobs)) == sorted(run.item_key(i) for i in plan
-                                                  if i["framework"] == "jax" and i["kind"] != "input_pipeline")
-  assert all(len(p) == 2 for p in pairs[:-1])
-  assert (pairs[0][0]["config"], pairs[0][0]["kind"], pairs[0][0]["episodes"]) == ("miniimagenet_1shot_v1", "train", 16)
+def test_compile_groups_cover_every_jax_program_with_the_longest_compile_shadowed():
+  for full in (False, True):
+    plan = run.plan(quick=False, full=full)
+    groups = run.compile_groups(plan)
+    jobs = [i for group in groups for i in group]
+    assert sorted(map(run.item_key, jobs)) == sorted(run.item_key(i) for i in plan
+                                                    if i["framework"] == "jax" and i["kind"] != "input_pipeline")
+    lead = groups[1 if full else 0]
+    assert (lead[0]["config"], lead[0]["kind"], lead[0]["episodes"]) == ("miniimagenet_1shot_v1", "train", 16)
+    # miniImageNet's other programs and Omniglot's at 4 per step compile in its shadow; the rest in pairs.
+    assert {(i["config"][:4], i["episodes"]) for i in lead[1:] if i["kind"] == "train"} == {
+        ("mini", 4), ("mini", 1), ("omni", 4)}
+    assert all(len(g) == 2 for g in groups[(2 if full else 1):])
+  assert [len(g) for g in run.compile_groups(run.plan(quick=True))] == [2, 1]   # no miniImageNet: pairs
 
 
 def test_head_to_head_summary_takes_the_median_of_per_round_ratios():
