@@ -124,20 +124,36 @@ def run_in_subprocess(item: dict, repeats: int, seconds: float, timeout: float, 
   return Measurement(item, repeats, seconds, timeout, env).row()
 
 
-def compile_groups(items: list[dict]) -> list[list[dict]]:
+# The shadow group's processes (below) held 15-17 GB at most together; with less memory free, pairs.
+SHADOW_MEMORY_GB = 20.0
+
+
+def available_memory_gb() -> float:
+  """MemAvailable from /proc/meminfo (Linux), else the physical memory."""
+  try:
+    for line in open("/proc/meminfo"):
+      if line.startswith("MemAvailable:"):
+        return int(line.split()[1]) / 2**20
+  except OSError:
+    pass
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def compile_groups(items: list[dict], memory_gb: float | None = None) -> list[list[dict]]:
   """The plan's JAX training and evaluation items in groups that compile together, at most
   COMPILE_SLOTS at once (run_compiling_together), longest compiles first (84x84 images first, then
   training before evaluation, more episodes per step first). Mostly pairs: a pair's compiling takes
   as long as its longer one. miniImageNet at 16 episodes per step compiles sixteen single-episode
   groups (parallel.auto_groups), 2.5-4 minutes, several times any other: the rest of the
   miniImageNet programs and Omniglot's at 4 per step compile one after another beside it, in its
-  shadow, instead of in pairs of their own (their processes then wait, holding 3 GB at most each:
-  about 17 GB for the group). miniImageNet at 64 (--full) compiles alone."""
+  shadow, instead of in pairs of their own (their processes then wait, holding 3 GB at most each),
+  where `memory_gb` (default: what is available now) is at least SHADOW_MEMORY_GB. miniImageNet
+  at 64 (--full) then compiles alone."""
   jobs = [i for i in items if i["framework"] == "jax" and i["kind"] in ("train", "evaluation")]
   jobs.sort(key=lambda i: (i["config"].startswith("miniimagenet"), i["kind"] == "train", i["episodes"]), reverse=True)
   is_84 = [i["config"].startswith("miniimagenet") for i in jobs]
   leads = [i for i, big in zip(jobs, is_84) if big and i["kind"] == "train" and i["episodes"] >= 16]
-  if not leads:
+  if not leads or (available_memory_gb() if memory_gb is None else memory_gb) < SHADOW_MEMORY_GB:
     return [jobs[i:i + 2] for i in range(0, len(jobs), 2)]
   shadow = [i for i, big in zip(jobs, is_84) if i not in leads and (big or (i["kind"] == "train" and i["episodes"] == 4))]
   rest = [i for i in jobs if i not in leads and i not in shadow]

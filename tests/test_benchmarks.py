@@ -161,7 +161,7 @@ def test_a_pair_member_that_fails_does_not_stop_the_other():
 def test_compile_groups_cover_every_jax_program_with_the_longest_compile_shadowed():
   for full in (False, True):
     plan = run.plan(quick=False, full=full)
-    groups = run.compile_groups(plan)
+    groups = run.compile_groups(plan, memory_gb=64)
     jobs = [i for group in groups for i in group]
     assert sorted(map(run.item_key, jobs)) == sorted(run.item_key(i) for i in plan
                                                     if i["framework"] == "jax" and i["kind"] != "input_pipeline")
@@ -171,7 +171,12 @@ def test_compile_groups_cover_every_jax_program_with_the_longest_compile_shadowe
     assert {(i["config"][:4], i["episodes"]) for i in lead[1:] if i["kind"] == "train"} == {
         ("mini", 4), ("mini", 1), ("omni", 4)}
     assert all(len(g) == 2 for g in groups[(2 if full else 1):])
-  assert [len(g) for g in run.compile_groups(run.plan(quick=True))] == [2, 1]   # no miniImageNet: pairs
+  assert [len(g) for g in run.compile_groups(run.plan(quick=True), memory_gb=64)] == [2, 1]   # no miniImageNet: pairs
+  # Too little memory for the shadow's waiting processes: pairs, longest compiles together.
+  pairs = run.compile_groups(run.plan(quick=False), memory_gb=run.SHADOW_MEMORY_GB - 1)
+  assert all(len(p) == 2 for p in pairs)
+  assert [(i["config"][:4], i["kind"], i["episodes"]) for i in pairs[0]] == [("mini", "train", 16), ("mini", "train", 4)]
+  assert 0 < run.available_memory_gb() < 1e5
 
 
 def test_head_to_head_summary_takes_the_median_of_per_round_ratios():
