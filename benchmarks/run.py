@@ -86,11 +86,6 @@ class Measurement:
                "--repeats", str(repeats), "--seconds", str(seconds)]
     self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self._stderr, env=env or os.environ)
 
-  def wait_until(self, condition) -> None:
-    """Until condition() holds, the process has ended, or its time is up."""
-    while not condition() and self._process.poll() is None and not self._timed_out():
-      time.sleep(0.05)
-
   def compiled(self, ready_file: str) -> bool:
     """Done compiling: it says so (the ready file), has ended, or its time is up."""
     return os.path.exists(ready_file) or self._process.poll() is not None or self._timed_out()
@@ -149,15 +144,21 @@ def compile_groups(items: list[dict], memory_gb: float | None = None) -> list[li
   shadow, instead of in pairs of their own (their processes then wait, holding 3 GB at most each),
   where `memory_gb` (default: what is available now) is at least SHADOW_MEMORY_GB. miniImageNet
   at 64 (--full) then compiles alone."""
+  def images_84(item):
+    return item["config"].startswith("miniimagenet")
+
+  def pairs(jobs):
+    return [jobs[n:n + 2] for n in range(0, len(jobs), 2)]
+
   jobs = [i for i in items if i["framework"] == "jax" and i["kind"] in ("train", "evaluation")]
-  jobs.sort(key=lambda i: (i["config"].startswith("miniimagenet"), i["kind"] == "train", i["episodes"]), reverse=True)
-  is_84 = [i["config"].startswith("miniimagenet") for i in jobs]
-  leads = [i for i, big in zip(jobs, is_84) if big and i["kind"] == "train" and i["episodes"] >= 16]
+  jobs.sort(key=lambda i: (images_84(i), i["kind"] == "train", i["episodes"]), reverse=True)
+  leads = [i for i in jobs if images_84(i) and i["kind"] == "train" and i["episodes"] >= 16]
   if not leads or (available_memory_gb() if memory_gb is None else memory_gb) < SHADOW_MEMORY_GB:
-    return [jobs[i:i + 2] for i in range(0, len(jobs), 2)]
-  shadow = [i for i, big in zip(jobs, is_84) if i not in leads and (big or (i["kind"] == "train" and i["episodes"] == 4))]
-  rest = [i for i in jobs if i not in leads and i not in shadow]
-  return [[lead] for lead in leads[:-1]] + [[leads[-1]] + shadow] + [rest[i:i + 2] for i in range(0, len(rest), 2)]
+    return pairs(jobs)
+  followers = [i for i in jobs if i not in leads]
+  shadow = [i for i in followers if images_84(i) or (i["kind"] == "train" and i["episodes"] == 4)]
+  rest = [i for i in followers if i not in shadow]
+  return [[lead] for lead in leads[:-1]] + [[leads[-1]] + shadow] + pairs(rest)
 
 
 COMPILE_SLOTS = 2   # one XLA:CPU compile keeps 1.1-1.5 of the 2 cores busy
@@ -188,8 +189,8 @@ def run_compiling_together(items: list[dict], repeats: int, seconds: float, time
       while len(compiling()) >= slots:
         time.sleep(0.05)
       start(n)
-    for measurement, ready, _ in runs:
-      measurement.wait_until(lambda ready=ready: os.path.exists(ready))
+    while compiling():
+      time.sleep(0.05)
     rows = []
     for n, (measurement, _, go) in enumerate(runs):
       turn_started = time.perf_counter()
