@@ -29,6 +29,7 @@ import ht_data
 from ht_data import protocol
 from ht_jax import parallel
 from ht_jax.checkpoint import Checkpointer
+from ht_jax.model.layers import forward_only_trace
 from ht_jax.train import initial_state
 
 
@@ -41,7 +42,8 @@ def make_task_predictions_fn(graphdef):
     def one_task(sx, sy, qx):                # qx: [num_batches, Q, H, W, C]
       weights, _ = model.generate(sx, sy)
       return jnp.argmax(jax.lax.map(lambda x: model.classify(weights, x), qx), -1)
-    return jax.vmap(one_task)(support_images, support_labels, query_images)
+    with forward_only_trace():
+      return jax.vmap(one_task)(support_images, support_labels, query_images)
   return task_predictions
 
 
@@ -57,7 +59,8 @@ def make_task_accuracy_fn(graphdef, mesh=None):
       logits = jax.lax.map(lambda x: model.classify(weights, x), qx)
       return jnp.mean(jnp.argmax(logits, -1) == qy)
     groups = parallel.auto_groups(support_images.shape[0], mesh, support_images.shape[2])
-    return parallel.vmap_in_groups(one_task, groups)(support_images, support_labels, query_images, query_labels)
+    with forward_only_trace():   # nothing here is differentiated: the CNN's pooled convs as sums of taps
+      return parallel.vmap_in_groups(one_task, groups)(support_images, support_labels, query_images, query_labels)
   return parallel.jit(task_accuracy, mesh, batch_argnums=(1, 2, 3, 4))
 
 

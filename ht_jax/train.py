@@ -31,6 +31,7 @@ from ht_jax.checkpoint import Checkpointer
 from ht_jax.input_pipeline import Prefetcher, episode_arrays
 from ht_jax.metrics import MetricWriter
 from ht_jax.model.hypertransformer import HyperTransformer
+from ht_jax.model.layers import forward_only_trace
 from ht_jax.model.loss import episode_loss
 from ht_jax.model.plan import ConfigError
 from ht_jax.optimizer import learning_rate_schedule, make_optimizer
@@ -113,8 +114,9 @@ def make_accuracy_fn(graphdef, mesh=None):
       return jnp.mean(jnp.argmax(model(sx, sy, qx), -1) == qy)
     images = batch["support_images"]                  # [B, S, H, W, C]
     groups = parallel.auto_groups(images.shape[0], mesh, images.shape[2])
-    return parallel.vmap_in_groups(one, groups)(batch["support_images"], batch["support_labels"],
-                                                batch["query_images"], batch["query_labels"]).mean()
+    with forward_only_trace():
+      return parallel.vmap_in_groups(one, groups)(batch["support_images"], batch["support_labels"],
+                                                  batch["query_images"], batch["query_labels"]).mean()
   return parallel.jit(accuracy, mesh, batch_argnums=(1,))
 
 

@@ -114,6 +114,36 @@ def test_conv_max_pool_equals_conv_then_pool(size, channels, out_channels, paddi
   np.testing.assert_allclose(got_dk, want_dk, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("size,channels,out_channels,padding", [
+    (28, 1, 8, "SAME"), (14, 8, 8, "SAME"), (84, 3, 16, "SAME"), (10, 3, 5, "VALID"), (16, 4, 6, "SAME")])
+def test_forward_only_conv_max_pool_sums_taps_with_equal_values(size, channels, out_channels, padding):
+  """Inside forward_only_trace conv2d_max_pool on an image (IMAGE_CHANNELS or fewer channels) is
+  sums of taps (no dot, no convolution in the program), for vmapped episodes and for one episode
+  (where lax.conv is the path otherwise); more channels keep the band. Its values equal conv then
+  pool up to summation order."""
+  from ht_jax.model.layers import (IMAGE_CHANNELS, can_fuse_max_pool, conv2d_max_pool, forward_only_trace,
+                                   one_episode_trace)
+  rng = np.random.default_rng(size)
+  x = jnp.asarray(rng.normal(size=(2, 3, size, size, channels)).astype(np.float32))
+  kernels = jnp.asarray(rng.normal(size=(2, 9 * channels, out_channels)).astype(np.float32))
+  want = jax.vmap(lambda x, k: max_pool_2x2(conv2d(x, k, 3, 1, padding)))(x, kernels)
+  with forward_only_trace():
+    assert can_fuse_max_pool(x[0], 3, 1, padding)
+    with one_episode_trace():
+      assert can_fuse_max_pool(x[0], 3, 1, padding) == (channels <= IMAGE_CHANNELS)
+    taps = jax.jit(jax.vmap(lambda x, k: conv2d_max_pool(x, k, 3, padding)))
+    primitives = str(jax.make_jaxpr(taps)(x, kernels))
+    got = taps(x, kernels)
+  assert ("dot_general" in primitives) == (channels > IMAGE_CHANNELS) and "conv_general_dilated" not in primitives
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  if channels > IMAGE_CHANNELS:
+    return
+  with forward_only_trace(), one_episode_trace():   # one episode as evaluation traces it
+    np.testing.assert_allclose(jax.jit(lambda x, k: conv2d_max_pool(x, k, 3, padding))(x[0], kernels[0]), want[0],
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_max_pool_floors_and_batch_norm_uses_batch_statistics():
   x = jnp.arange(2 * 7 * 7 * 1, dtype=jnp.float32).reshape(2, 7, 7, 1)
   pooled = max_pool_2x2(x)

@@ -60,6 +60,21 @@ def band_block(out_width: int, out_channels: int, in_channels: int, band_backwar
 _ONE_EPISODE = contextvars.ContextVar("one_episode", default=False)
 
 
+_FORWARD_ONLY = contextvars.ContextVar("forward_only", default=False)
+
+
+@contextlib.contextmanager
+def forward_only_trace():
+  """Declares that nothing traced inside is differentiated (evaluation, the training monitor), so
+  that a convolution followed by its 2x2 max-pool may be computed as sums of taps
+  (_taps_conv_max_pool): correct under autodiff too, only slow there. Numbers do not depend on it."""
+  token = _FORWARD_ONLY.set(True)
+  try:
+    yield
+  finally:
+    _FORWARD_ONLY.reset(token)
+
+
 @contextlib.contextmanager
 def one_episode_trace():
   """Declares that what is traced inside runs for ONE episode, outside any vmap, so that conv2d
@@ -283,8 +298,11 @@ def pooled_band_block(out_width: int, out_channels: int, in_channels: int) -> in
 
 
 def can_fuse_max_pool(x: jax.Array, kernel: int, stride: int, padding: str) -> bool:
-  """conv2d_max_pool applies: the band path (outside one_episode_trace), stride 1, an even output."""
-  if _ONE_EPISODE.get() or stride != 1:
+  """conv2d_max_pool applies: stride 1, an even output, and the band path (outside
+  one_episode_trace) or, forward only, an image's taps (_taps_conv_max_pool)."""
+  if stride != 1:
+    return False
+  if _ONE_EPISODE.get() and not (_FORWARD_ONLY.get() and x.shape[-1] <= IMAGE_CHANNELS):
     return False
   ho, wo = _out_size(x, kernel, 1, _pads(x, kernel, 1, padding))
   return ho % 2 == 0 and wo % 2 == 0
@@ -300,8 +318,39 @@ def conv2d_max_pool(x: jax.Array, kernel_matrix: jax.Array, kernel: int, padding
   backward writes the gradient straight into the band's layout, where the kernel's gradient reads
   it. Apart, the pool reduced a [.., 2, .., 2, C] view and its backward transposed the routed
   gradient back and padded it into band blocks, strided passes over the largest maps of the step
-  (README, Speed)."""
-  return _conv_max_pool(x, kernel_matrix, kernel, _pads(x, kernel, 1, padding))
+  (README, Speed). Inside forward_only_trace an image input (IMAGE_CHANNELS or fewer channels)
+  takes _taps_conv_max_pool instead."""
+  pads = _pads(x, kernel, 1, padding)
+  if _FORWARD_ONLY.get() and x.shape[-1] <= IMAGE_CHANNELS:
+    return _taps_conv_max_pool(x, kernel_matrix, kernel, pads)
+  return _conv_max_pool(x, kernel_matrix, kernel, pads)
+
+
+def _taps_conv_max_pool(x, kernel_matrix, kernel, pads):
+  """max_pool_2x2(conv) for the forward only: each pool corner's output is a sum of k*k*C products
+  of a strided slice of the input (one channel, broadcast) with one tap's row of the kernel, and
+  the pool the elementwise maximum of the four corners. XLA:CPU compiles that into one elementwise
+  fusion over the pooled map, vectorised over the output channels: no windows copied, no zeros
+  multiplied, nothing full-size written. With BatchNorm after it, miniImageNet's 100 x 84x84x3 -> 16
+  query batch 2.4x faster than the band's forward and pool, Omniglot's 60 x 28x28x1 -> 8 under
+  vmap 2.7x; evaluation 1.73x (miniImageNet), 1.29x and 1.12x (Omniglot 1- and 5-shot), the same
+  accuracies (README, Speed). Images only: on 8 channels the layer alone ran 1.5x but the 5-shot
+  evaluation no faster, for 9 s more compile; on one episode of 16 channels lax.conv is faster.
+  Forward only: its autodiff, and a backward routed from the four corners, ran slower than the
+  band's (XLA fuses the corners' sums into each consumer again)."""
+  (top, bottom), (left, right) = pads
+  ho, wo = _out_size(x, kernel, 1, pads)
+  channels = x.shape[-1]
+  taps = kernel_matrix.reshape(kernel, kernel, channels, -1)
+  x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  corners = []
+  for row in (0, 1):
+    for col in (0, 1):
+      lines = [x[:, row + i:row + i + ho - 1:2, col + j:col + j + wo - 1:2] for i in range(kernel) for j in range(kernel)]
+      products = [line[..., c:c + 1] * tap[c] for line, tap in zip(lines, taps.reshape(kernel * kernel, channels, -1))
+                  for c in range(channels)]
+      corners.append(functools.reduce(jnp.add, products))
+  return jnp.maximum(jnp.maximum(corners[0], corners[1]), jnp.maximum(corners[2], corners[3]))
 
 
 def _corner_order(block: int) -> np.ndarray:
