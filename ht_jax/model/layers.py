@@ -299,10 +299,10 @@ def pooled_band_block(out_width: int, out_channels: int, in_channels: int) -> in
 
 def can_fuse_max_pool(x: jax.Array, kernel: int, stride: int, padding: str) -> bool:
   """conv2d_max_pool applies: stride 1, an even output, and the band path (outside
-  one_episode_trace) or, forward only, an image's taps (_taps_conv_max_pool)."""
+  one_episode_trace) or, forward only, an image's taps (_sums_of_taps)."""
   if stride != 1:
     return False
-  if _ONE_EPISODE.get() and not (_FORWARD_ONLY.get() and x.shape[-1] <= IMAGE_CHANNELS):
+  if _ONE_EPISODE.get() and not _sums_of_taps(x):
     return False
   ho, wo = _out_size(x, kernel, 1, _pads(x, kernel, 1, padding))
   return ho % 2 == 0 and wo % 2 == 0
@@ -318,12 +318,19 @@ def conv2d_max_pool(x: jax.Array, kernel_matrix: jax.Array, kernel: int, padding
   backward writes the gradient straight into the band's layout, where the kernel's gradient reads
   it. Apart, the pool reduced a [.., 2, .., 2, C] view and its backward transposed the routed
   gradient back and padded it into band blocks, strided passes over the largest maps of the step
-  (README, Speed). Inside forward_only_trace an image input (IMAGE_CHANNELS or fewer channels)
-  takes _taps_conv_max_pool instead."""
+  (README, Speed). Inside forward_only_trace an image input takes _taps_conv_max_pool instead
+  (_sums_of_taps)."""
   pads = _pads(x, kernel, 1, padding)
-  if _FORWARD_ONLY.get() and x.shape[-1] <= IMAGE_CHANNELS:
+  if _sums_of_taps(x):
     return _taps_conv_max_pool(x, kernel_matrix, kernel, pads)
   return _conv_max_pool(x, kernel_matrix, kernel, pads)
+
+
+def _sums_of_taps(x: jax.Array) -> bool:
+  """An image (IMAGE_CHANNELS or fewer channels) inside forward_only_trace, on a CPU: the only
+  backend where taps against the band were measured (no GPU was lent; a TPU's matrix unit would
+  favour the band)."""
+  return _FORWARD_ONLY.get() and x.shape[-1] <= IMAGE_CHANNELS and jax.default_backend() == "cpu"
 
 
 def _taps_conv_max_pool(x, kernel_matrix, kernel, pads):
