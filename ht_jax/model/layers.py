@@ -58,34 +58,31 @@ def band_block(out_width: int, out_channels: int, in_channels: int, band_backwar
 
 
 _ONE_EPISODE = contextvars.ContextVar("one_episode", default=False)
-
-
 _FORWARD_ONLY = contextvars.ContextVar("forward_only", default=False)
 
 
 @contextlib.contextmanager
-def forward_only_trace():
-  """Declares that nothing traced inside is differentiated (evaluation, the training monitor), so
-  that a convolution followed by its 2x2 max-pool may be computed as sums of taps
-  (_taps_conv_max_pool): correct under autodiff too, only slow there. Numbers do not depend on it."""
-  token = _FORWARD_ONLY.set(True)
+def _declared(flag: contextvars.ContextVar):
+  token = flag.set(True)
   try:
     yield
   finally:
-    _FORWARD_ONLY.reset(token)
+    flag.reset(token)
 
 
-@contextlib.contextmanager
 def one_episode_trace():
   """Declares that what is traced inside runs for ONE episode, outside any vmap, so that conv2d
   may use lax.conv: with a single kernel XLA:CPU runs it as one multi-threaded convolution, faster
   than the band on wide maps (README, Speed). Numbers do not depend on it; vmapping what is
   traced inside stays correct, only slow (grouped convolutions)."""
-  token = _ONE_EPISODE.set(True)
-  try:
-    yield
-  finally:
-    _ONE_EPISODE.reset(token)
+  return _declared(_ONE_EPISODE)
+
+
+def forward_only_trace():
+  """Declares that nothing traced inside is differentiated (evaluation, the training monitor), so
+  that a convolution followed by its 2x2 max-pool may be computed as sums of taps
+  (_taps_conv_max_pool): correct under autodiff too, only slow there. Numbers do not depend on it."""
+  return _declared(_FORWARD_ONLY)
 
 
 def conv2d(x: jax.Array, kernel_matrix: jax.Array, kernel: int, stride: int, padding: str) -> jax.Array:
@@ -348,14 +345,13 @@ def _taps_conv_max_pool(x, kernel_matrix, kernel, pads):
   (top, bottom), (left, right) = pads
   ho, wo = _out_size(x, kernel, 1, pads)
   channels = x.shape[-1]
-  taps = kernel_matrix.reshape(kernel, kernel, channels, -1)
+  taps = kernel_matrix.reshape(kernel * kernel, channels, -1)   # HWIO rows, tap by tap
   x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
   corners = []
   for row in (0, 1):
     for col in (0, 1):
       lines = [x[:, row + i:row + i + ho - 1:2, col + j:col + j + wo - 1:2] for i in range(kernel) for j in range(kernel)]
-      products = [line[..., c:c + 1] * tap[c] for line, tap in zip(lines, taps.reshape(kernel * kernel, channels, -1))
-                  for c in range(channels)]
+      products = [line[..., c:c + 1] * tap[c] for line, tap in zip(lines, taps) for c in range(channels)]
       corners.append(functools.reduce(jnp.add, products))
   return jnp.maximum(jnp.maximum(corners[0], corners[1]), jnp.maximum(corners[2], corners[3]))
 
