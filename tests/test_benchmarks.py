@@ -38,7 +38,7 @@ def test_a_step_longer_than_a_repeat_is_its_own_first_repeat():
   timing = common.timed_repeats(run_steps, episodes_per_step=1, repeats=5, seconds_per_repeat=0.01,
                                 warmup_seconds=0)
   assert calls == [1] * 5 and timing["steps_per_repeat"] == 1
-  assert 30 < timing["episodes_per_s_median"] <= 50
+  assert 20 < timing["episodes_per_s_median"] <= 50              # 1 episode / 20 ms (a loaded machine oversleeps)
 
 
 def test_earlier_repeats_count_toward_the_total():
@@ -48,7 +48,7 @@ def test_earlier_repeats_count_toward_the_total():
   timing = common.timed_repeats(run_steps, episodes_per_step=2, repeats=5, seconds_per_repeat=0.01, prior=probe)
   assert calls == [1] * 5 and timing["repeats"] == 5
   assert timing["repeat_rates"][0] == probe["repeat_rates"][0]     # the probe is the first repeat
-  assert 60 < timing["episodes_per_s_median"] <= 100                # 2 episodes / 20 ms
+  assert 40 < timing["episodes_per_s_median"] <= 100                # 2 episodes / 20 ms, oversleeping allowed
 
 
 def test_warm_up_steps_are_not_timed():
@@ -56,11 +56,14 @@ def test_warm_up_steps_are_not_timed():
   calls = []
   def run_steps(k):
     calls.append(k)
-    time.sleep((0.05 if len(calls) <= 3 else 0.01) * k)   # three slow steps, then 10 ms each
+    time.sleep((0.2 if len(calls) <= 2 else 0.01) * k)   # two slow steps (0.4 s), then 10 ms each
+  # The warm-up outlasts the slow steps by 0.2 s, a margin that scheduling on a loaded CI machine
+  # does not eat (a 20 ms margin once did).
   timing = common.timed_repeats(run_steps, episodes_per_step=1, repeats=3, seconds_per_repeat=0.03,
-                                warmup_seconds=0.12)
-  assert calls[:4] == [1, 1, 1, 1] and len(calls) == 3 + 1 + 3   # warm-up steps, the estimate, 3 repeats
-  assert 60 < timing["episodes_per_s_min"] and timing["episodes_per_s_median"] <= 100
+                                warmup_seconds=0.6)
+  assert calls[:3] == [1, 1, 1] and timing["repeats"] == 3
+  # A slow step in any timed block would pull its rate to 14 episodes/s or below.
+  assert 40 < timing["episodes_per_s_min"] and timing["episodes_per_s_median"] <= 100
 
 
 def test_only_a_much_slower_long_torch_mode_goes_untimed():
