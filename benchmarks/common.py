@@ -120,14 +120,16 @@ class JaxTraining:
 WARMUP_SECONDS = 1.0
 
 
-def warm_up(run_steps: Callable[[int], None], seconds: float = WARMUP_SECONDS) -> None:
-  """Untimed steps for about `seconds` (one at least). The first steps after compiling still fault
-  in the allocator's fresh memory: without them the first timed repeat of miniImageNet ran at
-  half speed and Omniglot's at 0.6x."""
+def warm_up(run_steps: Callable[[int], None], seconds: float = WARMUP_SECONDS) -> float:
+  """Untimed steps for about `seconds` (one at least); returns the first one's seconds. The first
+  steps after compiling still fault in the allocator's fresh memory: without them the first timed
+  repeat of miniImageNet ran at half speed and Omniglot's at 0.6x."""
   started = time.perf_counter()
   run_steps(1)
+  first = time.perf_counter() - started
   while time.perf_counter() - started < seconds:
     run_steps(1)
+  return first
 
 
 def timed_repeats(run_steps: Callable[[int], None], episodes_per_step: int, repeats: int,

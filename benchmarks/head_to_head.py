@@ -36,8 +36,8 @@ def training_steps(framework: str, config_spec: str, episodes: int, probe_second
     training = warm_jax_training(config_spec, episodes)
     return training.run_steps, "jit", training.compile_s
   from benchmarks.train import probe_torch_modes, torch_training
-  runners, first_step_s = torch_training(config_spec, episodes)
-  mode, _, _ = probe_torch_modes(runners, first_step_s, episodes, probe_seconds)
+  runners, first_step_s, warm_step_s = torch_training(config_spec, episodes)
+  mode, _, _ = probe_torch_modes(runners, warm_step_s, episodes, probe_seconds)
   return runners[mode], mode, first_step_s[mode]
 
 

@@ -3,7 +3,7 @@
 
 One panel per config: each framework's median episodes/s with its repeats' range as error bars
 (torch at its faster mode per row; dashed or dotted, its other mode where it ran: one timed
-block, or its first step where that alone was far slower), and the run's
+block, or one warm step where that was far slower), and the run's
 head-to-head ratio in the title of its panel. benchmarks.run draws it after every run.
 """
 
@@ -27,7 +27,7 @@ def series(panel: list[dict], framework: str) -> tuple[list[int], list[float], l
 
 def slower_torch_modes(panel: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
   """torch's slower mode at each row where it ran, by mode: {mode: (episodes per step, rate)}. Its
-  rate is one timed block, or its first step where that alone was far slower (benchmarks.train)."""
+  rate is one timed block, or one warm step where that was far slower (benchmarks.train)."""
   points = {}
   for r in panel:
     if r["framework"] == "torch" and r.get("torch_mode"):

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks import common
+from benchmarks import common, train
 
 PLAN_KEYS = ("kind", "framework", "config", "episodes")
 HEAD_TO_HEAD = {"config_spec": "omniglot_1shot_v1", "episodes": 16, "rounds": 10, "seconds": 1.0}
@@ -63,8 +63,9 @@ def plan(quick: bool, full: bool = False) -> list[dict]:
 def measure_one(item: dict, repeats: int, seconds: float) -> dict:
   """Runs in the child process."""
   if item["kind"] == "train":
-    from benchmarks import train
-    return train.MEASURE[item["framework"]](item["config"], item["episodes"], repeats, seconds)
+    if item["framework"] == "torch":
+      return train.measure_torch(item["config"], item["episodes"], repeats, seconds, item.get("skip_modes"))
+    return train.measure_jax(item["config"], item["episodes"], repeats, seconds)
   if item["kind"] == "evaluation":
     from benchmarks import evaluation
     return evaluation.MEASURE[item["framework"]](item["config"], repeats, seconds, item["episodes"] or None)
@@ -140,8 +141,9 @@ def compile_groups(items: list[dict], memory_gb: float | None = None) -> list[li
   training before evaluation, more episodes per step first). Mostly pairs: a pair's compiling takes
   as long as its longer one. miniImageNet at 16 episodes per step compiles sixteen single-episode
   groups (parallel.auto_groups), 2.5-4 minutes, several times any other: the rest of the
-  miniImageNet programs and Omniglot's at 4 per step compile one after another beside it, in its
-  shadow, instead of in pairs of their own (their processes then wait, holding 3 GB at most each),
+  miniImageNet programs, Omniglot's at 4 per step and its evaluations compile one after another
+  beside it, in its shadow, instead of in pairs of their own (their processes then wait, holding 3 GB
+  at most each),
   where `memory_gb` (default: what is available now) is at least SHADOW_MEMORY_GB. miniImageNet
   at 64 (--full) then compiles alone."""
   def images_84(item):
@@ -156,7 +158,7 @@ def compile_groups(items: list[dict], memory_gb: float | None = None) -> list[li
   if not leads or (available_memory_gb() if memory_gb is None else memory_gb) < SHADOW_MEMORY_GB:
     return pairs(jobs)
   followers = [i for i in jobs if i not in leads]
-  shadow = [i for i in followers if images_84(i) or (i["kind"] == "train" and i["episodes"] == 4)]
+  shadow = [i for i in followers if images_84(i) or i["kind"] == "evaluation" or i["episodes"] == 4]
   rest = [i for i in followers if i not in shadow]
   return [[lead] for lead in leads[:-1]] + [[leads[-1]] + shadow] + pairs(rest)
 
@@ -227,14 +229,14 @@ def failed(item: dict, reason: str) -> dict:
 
 def comparison_table(rows: list[dict]) -> str:
   """JAX against torch, training, side by side from this run; torch at its faster mode."""
-  train = {(r["config"], r["framework"], r["episodes_per_step"]): r for r in rows if r["benchmark"] == "train"}
+  training = {(r["config"], r["framework"], r["episodes_per_step"]): r for r in rows if r["benchmark"] == "train"}
   lines = ["| config | episodes/step | ht_jax episodes/s | ht_torch episodes/s (mode; loop / vmap) | JAX / torch "
            "| ht_jax fraction of matmul peak | CPU time / wall, jax / torch | ht_jax / ht_torch peak RSS MB |",
            "|---|---|---|---|---|---|---|---|"]
-  for (config, framework, b), j in train.items():
+  for (config, framework, b), j in training.items():
     if framework != "jax":
       continue
-    t = train.get((config, "torch", b), {})
+    t = training.get((config, "torch", b), {})
 
     def rate(r):
       return f"{r['episodes_per_s_median']:.1f} ({r['episodes_per_s_min']:.1f}-{r['episodes_per_s_max']:.1f})" \
@@ -243,8 +245,8 @@ def comparison_table(rows: list[dict]) -> str:
     def both(r, key):
       return " / ".join(f"{r[key]:.2f}" if r.get(key) else "-" for r in (j, t))
 
-    modes = " / ".join(f"{t[f'{m}_episodes_per_s']:.1f}" for m in ("loop", "vmap")
-                       if t.get(f"{m}_episodes_per_s"))
+    modes = " / ".join(f"{t[f'{m}_episodes_per_s']:.1f}" if t.get(f"{m}_episodes_per_s") else "not run"
+                       for m in ("loop", "vmap") if t.get(f"{m}_episodes_per_s") or m in t.get("torch_modes_not_run", {}))
     torch_rate = f"{rate(t)}; {t['torch_mode']}; {modes}" if t.get("torch_mode") else rate(t)
     ratio = (f"{j['episodes_per_s_median'] / t['episodes_per_s_median']:.2f}x"
              if j.get("episodes_per_s_median") and t.get("episodes_per_s_median") else "")
@@ -294,10 +296,15 @@ def main():
       groups = [[item] for group in groups for item in group]
     for group in groups:
       run(group)
-      # Each JAX row's torch twin right after its group, so that the two are measured in the same hour.
-      for twin in [{**j, "framework": "torch"} for j in group]:
-        if twin in items:
-          run([twin])
+      # Each JAX row's torch twin right after its group, so that the two are measured in the same
+      # hour; fewer episodes per step first, so that a torch mode far slower there is not run at
+      # more (benchmarks.train.modes_to_skip).
+      twins = [{**j, "framework": "torch"} for j in group]
+      for twin in sorted([t for t in twins if t in items], key=lambda t: t["episodes"]):
+        if twin["kind"] == "train":
+          skip = train.modes_to_skip(list(by_key.values()), twin["config"], twin["episodes"])
+          twin = {**twin, "skip_modes": skip} if skip else twin
+        run([twin])
     for item in [i for i in items if item_key(i) not in by_key]:   # the input pipeline
       run([item])
     print(f"[{time.perf_counter() - started:5.0f} s] head to head: {HEAD_TO_HEAD}", flush=True)

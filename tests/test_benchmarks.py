@@ -68,9 +68,29 @@ def test_warm_up_steps_are_not_timed():
 
 def test_only_a_much_slower_long_torch_mode_goes_untimed():
   from benchmarks.train import clearly_slower
-  assert clearly_slower({"loop": 6.0, "vmap": 12.0}) == {"vmap"}      # 84x84: 2x slower, 12 s a step
+  # Warm steps' seconds (the first step carries one-time costs: 38 s for vmap on 84x84 at 16 per step).
+  assert clearly_slower({"loop": 2.3, "vmap": 5.0}) == {"vmap"}       # 84x84 at 16: 2x slower, 5 s a step
   assert clearly_slower({"loop": 6.0, "vmap": 8.0}) == set()          # close: both get a timed block
-  assert clearly_slower({"loop": 0.3, "vmap": 0.9}) == set()          # short steps: one-time costs may dominate
+  assert clearly_slower({"loop": 0.3, "vmap": 0.9}) == set()          # short steps: a block is cheap
+
+
+def test_a_torch_mode_is_judged_by_a_warm_step_not_its_first():
+  """vmap's first step carries one-time costs many times its warm step's: judged by it, a mode as
+  fast as the other would go untimed."""
+  from benchmarks.train import clearly_slower, first_and_warm_step_s, probe_torch_modes
+  runners, first, warm = {}, {}, {}
+  for mode, first_call_s in (("loop", 0.02), ("vmap", 2.5)):
+    run_steps, calls = sleeping_steps(0.02)
+    def run_with_slow_first(k, run_steps=run_steps, calls=calls, first_call_s=first_call_s):
+      if not calls:
+        time.sleep(first_call_s)
+      run_steps(k)
+    first[mode], warm[mode] = first_and_warm_step_s(run_with_slow_first)
+    runners[mode] = run_with_slow_first
+  assert first["vmap"] > 2.5 and warm["vmap"] < 0.5
+  assert clearly_slower(first) == {"vmap"} and clearly_slower(warm) == set()
+  best, probes, untimed = probe_torch_modes(runners, warm, episodes_per_step=1, seconds=0.05)
+  assert untimed == set() and set(probes) == {"loop", "vmap"}
 
 
 def test_one_measurement_in_its_own_process_has_every_documented_key(tmp_path):
@@ -87,6 +107,41 @@ def test_one_measurement_in_its_own_process_has_every_documented_key(tmp_path):
   assert row["torch_mode"] in rates and row["episodes_per_s_median"] == rates[row["torch_mode"]]
   assert len(row["repeat_rates"]) == 5
   assert row["peak_rss_mb"] > 50
+
+
+def torch_row(config, episodes, best, rates, **extra):
+  return {"benchmark": "train", "framework": "torch", "config": config, "episodes_per_step": episodes,
+          "torch_mode": best, "episodes_per_s_median": rates[best],
+          **{f"{m}_episodes_per_s": r for m, r in rates.items()}, **extra}
+
+
+def test_a_torch_mode_far_slower_at_fewer_episodes_is_not_run_at_more():
+  from benchmarks.train import SLOWER_RATIO, modes_to_skip
+  rows = [torch_row("mini", 4, "loop", {"loop": 6.3, "vmap": 1.0}),
+          torch_row("mini", 1, "loop", {"loop": 6.7}),
+          torch_row("omni", 4, "vmap", {"loop": 28.3, "vmap": 33.0}),
+          torch_row("omni", 64, "loop", {"loop": 26.5, "vmap": 11.9}),
+          {**torch_row("mini", 8, "loop", {"loop": 6.3, "vmap": 1.0}), "framework": "jax"}]
+  skip = modes_to_skip(rows, "mini", 16)          # the nearest smaller torch row is 4 per step's
+  assert list(skip) == ["vmap"] and "1.0" in skip["vmap"] and "at 4 per step" in skip["vmap"]
+  assert modes_to_skip(rows, "mini", 4) == {} and modes_to_skip(rows, "mini", 2) == {}
+  assert modes_to_skip(rows, "omni", 16) == {}    # vmap was the faster one at 4
+  assert modes_to_skip(rows, "other", 16) == {}
+  close = [torch_row("omni", 4, "loop", {"loop": 10.0, "vmap": 10.0 / SLOWER_RATIO * 1.01})]
+  assert modes_to_skip(close, "omni", 16) == {}   # slower, but not SLOWER_RATIO times
+  # A mode left out at 16 per step stays out at 64, for the same reason.
+  rows.append(torch_row("mini", 16, "loop", {"loop": 7.8}, torch_modes_not_run=skip))
+  assert modes_to_skip(rows, "mini", 64) == skip
+
+
+def test_a_measurement_runs_only_the_torch_modes_not_skipped(tmp_path):
+  item = {"kind": "train", "framework": "torch", "config": "omniglot_1shot_v1", "episodes": 2,
+          "skip_modes": {"vmap": "0.1 against loop's 30.0 episodes/s at 1 per step"}}
+  row = run.run_in_subprocess(item, repeats=2, seconds=0.05, timeout=120)
+  assert row["torch_mode"] == "loop" and "vmap_episodes_per_s" not in row and row["loop_episodes_per_s"] > 0
+  assert row["torch_modes_not_run"] == item["skip_modes"] and row["torch_slower_mode_timed_by"] == "not run"
+  jax_row = {**row, "framework": "jax", "torch_mode": None}
+  assert "; loop; " in run.comparison_table([jax_row, row]) and "/ not run |" in run.comparison_table([jax_row, row])
 
 
 def test_a_failed_measurement_becomes_a_row_with_its_error():
@@ -170,9 +225,10 @@ def test_compile_groups_cover_every_jax_program_with_the_longest_compile_shadowe
                                                     if i["framework"] == "jax" and i["kind"] != "input_pipeline")
     lead = groups[1 if full else 0]
     assert (lead[0]["config"], lead[0]["kind"], lead[0]["episodes"]) == ("miniimagenet_1shot_v1", "train", 16)
-    # miniImageNet's other programs and Omniglot's at 4 per step compile in its shadow; the rest in pairs.
+    # miniImageNet's other programs, Omniglot's at 4 per step and the evaluations compile in its shadow; the rest in pairs.
     assert {(i["config"][:4], i["episodes"]) for i in lead[1:] if i["kind"] == "train"} == {
         ("mini", 4), ("mini", 1), ("omni", 4)}
+    assert sorted(i["config"] for i in lead[1:] if i["kind"] == "evaluation") == sorted(run.common.CONFIGS)
     assert all(len(g) == 2 for g in groups[(2 if full else 1):])
   assert [len(g) for g in run.compile_groups(run.plan(quick=True), memory_gb=64)] == [2, 1]   # no miniImageNet: pairs
   # Too little memory for the shadow's waiting processes: pairs, longest compiles together.
