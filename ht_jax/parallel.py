@@ -170,18 +170,26 @@ def vmap_in_groups(fn, groups: int):
   """jax.vmap(fn) over the leading axis of every argument, computed as `groups` independent
   slices of near-equal size. The same numbers (up to float summation order) in another schedule.
   A slice of one episode is traced without vmap (one_episode_trace): its generated
-  convolutions then have one kernel each and run as lax.conv."""
+  convolutions then have one kernel each and run as lax.conv.
+  Each slice is a nested jax.jit, so slices of one size are traced and lowered once: XLA inlines
+  them into the same program as before (the same optimised HLO), but miniImageNet's sixteen
+  single-episode groups compiled in 165 s against 188 s (36 against 48 s for four)."""
+  def one_episode(*args):
+    with one_episode_trace():
+      return fn(*args)
+
   def mapped(*args):
     n = args[0].shape[0]
     count = max(1, min(int(groups), n))
     bounds = [g * n // count for g in range(count + 1)]
+    # New wrappers for every trace: the trace flags (one_episode_trace, forward_only_trace) are
+    # read while tracing and are not part of jit's cache key.
+    single, several = jax.jit(one_episode), jax.jit(jax.vmap(fn))
     outputs = []
     for lo, hi in zip(bounds, bounds[1:]):
       if hi - lo == 1:
-        with one_episode_trace():
-          out = fn(*(a[lo] for a in args))
-        outputs.append(jax.tree_util.tree_map(lambda x: x[None], out))
+        outputs.append(jax.tree_util.tree_map(lambda x: x[None], single(*(a[lo] for a in args))))
       else:
-        outputs.append(jax.vmap(fn)(*(a[lo:hi] for a in args)))
+        outputs.append(several(*(a[lo:hi] for a in args)))
     return jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *outputs)
   return mapped

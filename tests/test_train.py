@@ -152,6 +152,24 @@ def test_episode_groups_change_the_schedule_not_the_numbers():
                          results[1], results[3])
 
 
+def test_groups_of_one_size_are_traced_once():
+  """Each slice is a nested jit: sixteen single-episode groups cost one trace, not sixteen (the
+  program XLA compiles is the same; its compile is shorter)."""
+  import jax.numpy as jnp
+  from ht_jax import parallel
+  traced = []
+  def fn(x):
+    traced.append(x.shape)
+    return x * 2.0
+  x = jnp.arange(8.0).reshape(4, 2)
+  np.testing.assert_array_equal(jax.jit(parallel.vmap_in_groups(fn, 4))(x), 2.0 * x)
+  assert traced == [(2,)]                       # four single episodes, one trace without vmap
+  traced.clear()
+  y = jnp.ones((5, 2))
+  np.testing.assert_array_equal(jax.jit(parallel.vmap_in_groups(fn, 2))(y), 2.0 * y)
+  assert sorted(traced) == [(2,), (2,)]         # slices of 2 and 3 episodes: one vmapped trace each
+
+
 def test_automatic_episode_groups_only_split_one_cpu_device():
   from types import SimpleNamespace
   from ht_jax.model.plan import ConfigError
