@@ -56,12 +56,11 @@ def op_scopes(hlo_text: str) -> dict[str, str]:
             for match in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = (?![^\n]*op_name=)", hlo_text, re.MULTILINE)}
   for match in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\";]*)", hlo_text, re.MULTILINE):
     name, path = match.groups()
-    path = path.split("/", 1)[1] if "/" in path else ""          # drop jit(train_step)
-    direction = "backward" if path.startswith("transpose(") else "forward"
-    path = re.sub(r"/jit\([\w.]*\)", "", path)                   # a/jit(_pad)/pad -> a/pad (nested jits)
-    while (inner := re.match(r"^\w+\((.*)\)(/[^()]*)?$", path)):  # jvp(vmap(a))/b/op -> a/b/op
-      path = inner.group(1) + (inner.group(2) or "")
-    parts = [p for p in path.split("/")[:-1] if p] if "(" not in path else []
+    path = path.removeprefix("jit(train_step)/")   # ops inlined from a nested jit may lack it
+    direction = "backward" if "transpose(" in path else "forward"
+    path = re.sub(r"jit\([\w.]*\)", "", path)      # nested jits: jit(one), jit(_pad), jit(relu)
+    path = re.sub(r"\w+\(|\)", "", path)            # transforms: jvp(vmap(a))/b/op -> a/b/op
+    parts = [p for p in path.split("/")[:-1] if p]
     scopes[name] = f"{'/'.join(parts[:2]) or 'other'} ({direction})"
   return scopes
 

@@ -160,11 +160,15 @@ def test_profile_ops_are_attributed_to_the_model_part_that_made_them():
       '  %add.3 = f32[2]{0} add(%a, %b), metadata={op_name="jit(train_step)/add"}',
       '  %transpose_copy_fusion.4 = f32[2]{0} fusion(%a), kind=kLoop, calls=%fused_computation.4',
       '  %pad.5 = f32[2]{0} pad(%a, %b), metadata={op_name="jit(train_step)/jvp(vmap(cnn_query))/conv_max_pool/jit(_pad)/pad"}',
-      '  %max.6 = f32[2]{0} maximum(%a, %b), metadata={op_name="jit(train_step)/transpose(jvp(vmap(cnn_support)))/jit(relu)/max"}'])
+      '  %max.6 = f32[2]{0} maximum(%a, %b), metadata={op_name="jit(train_step)/transpose(jvp(vmap(cnn_support)))/jit(relu)/max"}',
+      # an episode group's nested jit, inlined (parallel.vmap_in_groups), with and without the prefix
+      '  %mul.7 = f32[2]{0} multiply(%a, %b), metadata={op_name="jit(train_step)/transpose(jvp(jit(one)))/vmap(generator)/transformer/mul"}',
+      '  %sum.8 = f32[2]{0} reduce(%a, %b), metadata={op_name="vmap(generator)/local_features/reduce_sum"}'])
   assert op_scopes(hlo) == {"fusion.1": "cnn_query/conv (forward)", "dot.2": "generator/transformer (backward)",
                             "add.3": "other (forward)",
                             "transpose_copy_fusion.4": "XLA-inserted copies (no model scope)",
-                            "pad.5": "cnn_query/conv_max_pool (forward)", "max.6": "cnn_support (backward)"}
+                            "pad.5": "cnn_query/conv_max_pool (forward)", "max.6": "cnn_support (backward)",
+                            "mul.7": "generator/transformer (backward)", "sum.8": "generator/local_features (forward)"}
 
 
 def test_cores_summary_takes_medians_and_per_round_ratios():
