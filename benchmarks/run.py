@@ -135,6 +135,10 @@ def available_memory_gb() -> float:
   return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
 
+def pairs(jobs: list[dict]) -> list[list[dict]]:
+  return [jobs[n:n + 2] for n in range(0, len(jobs), 2)]
+
+
 def compile_groups(items: list[dict], memory_gb: float | None = None) -> list[list[dict]]:
   """The plan's JAX training and evaluation items in groups that compile together, at most
   COMPILE_SLOTS at once (run_compiling_together), longest compiles first (84x84 images first, then
@@ -144,13 +148,11 @@ def compile_groups(items: list[dict], memory_gb: float | None = None) -> list[li
   miniImageNet programs, Omniglot's at 4 per step and its evaluations compile one after another
   beside it, in its shadow, instead of in pairs of their own (their processes then wait, holding 3 GB
   at most each),
-  where `memory_gb` (default: what is available now) is at least SHADOW_MEMORY_GB. miniImageNet
+  where `memory_gb` (default: what is available now) is at least SHADOW_MEMORY_GB; when its other
+  slot is done before it, the last pair's (the shortest compiles) fill it (main, `fillers`). miniImageNet
   at 64 (--full) then compiles alone."""
   def images_84(item):
     return item["config"].startswith("miniimagenet")
-
-  def pairs(jobs):
-    return [jobs[n:n + 2] for n in range(0, len(jobs), 2)]
 
   jobs = [i for i in items if i["framework"] == "jax" and i["kind"] in ("train", "evaluation")]
   jobs.sort(key=lambda i: (images_84(i), i["kind"] == "train", i["episodes"]), reverse=True)
@@ -166,12 +168,21 @@ def compile_groups(items: list[dict], memory_gb: float | None = None) -> list[li
 COMPILE_SLOTS = 2   # one XLA:CPU compile keeps 1.1-1.5 of the 2 cores busy
 
 
+# A filler (below) starts only with this much memory available: an Omniglot program waiting for
+# its turn holds 1-2.5 GB.
+FILLER_MEMORY_GB = 4.0
+
+
 def run_compiling_together(items: list[dict], repeats: int, seconds: float, timeout: float,
-                           env: dict | None = None, slots: int = COMPILE_SLOTS) -> list[dict]:
+                           env: dict | None = None, slots: int = COMPILE_SLOTS,
+                           fillers: list[dict] = ()) -> list[dict]:
   """One process per item, at most `slots` of them compiling at once (the next starts when one has
   compiled); each compiles its program, then waits (common.wait_for_turn) until every one has
   compiled; then they are timed one after another, in `items` order, each alone on the machine.
   Compiling two at a time saves about 1.4x of the compile time without touching what is timed.
+  Once every item has started, a slot that frees while the first item is still compiling takes
+  the next of `fillers` (with FILLER_MEMORY_GB available): the slot would otherwise stand idle
+  until the first has compiled. The rows are those of `items`, then of the fillers that ran.
   Rows gain compiled_alongside, when their process started and when their timed turn began and
   ended (process_started, turn_started, turn_ended: the parent's time.perf_counter())."""
   # A waiting process holds only what it has used: on a GPU each would otherwise reserve 75% of its memory.
@@ -191,7 +202,13 @@ def run_compiling_together(items: list[dict], repeats: int, seconds: float, time
       while len(compiling()) >= slots:
         time.sleep(0.05)
       start(n)
+    fillers = list(fillers)
     while compiling():
+      lead, lead_ready, _ = runs[0]
+      if (fillers and len(compiling()) < slots and not lead.compiled(lead_ready)
+          and available_memory_gb() >= FILLER_MEMORY_GB):
+        items = items + [fillers.pop(0)]
+        start(len(items) - 1)
       time.sleep(0.05)
     rows = []
     for n, (measurement, _, go) in enumerate(runs):
@@ -284,18 +301,31 @@ def main():
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     by_key = {}
 
-    def run(batch):
+    def run(batch, fillers=()):
+      """The rows' items: `batch`, then the fillers that ran (run_compiling_together)."""
       print(f"[{len(by_key) + 1}/{len(items)} {time.perf_counter() - started:5.0f} s] "
-            + " | ".join(item_key(i) for i in batch), flush=True)
-      rows = (run_compiling_together(batch, args.repeats, args.seconds, args.timeout, env) if len(batch) > 1
-              else [run_in_subprocess(batch[0], args.repeats, args.seconds, args.timeout, env)])
-      by_key.update({item_key(i): r for i, r in zip(batch, rows)})
+            + " | ".join(item_key(i) for i in batch) + (" (+ fillers)" if fillers else ""), flush=True)
+      rows = (run_compiling_together(batch, args.repeats, args.seconds, args.timeout, env, fillers=fillers)
+              if len(batch) > 1 else [run_in_subprocess(batch[0], args.repeats, args.seconds, args.timeout, env)])
+      ran = batch + list(fillers)[:len(rows) - len(batch)]
+      by_key.update({item_key(i): r for i, r in zip(ran, rows)})
+      return ran
 
     groups = compile_groups(items)
     if args.compile_alone:
       groups = [[item] for group in groups for item in group]
-    for group in groups:
-      run(group)
+    while groups:
+      group, groups = groups[0], groups[1:]
+      if len(group) > COMPILE_SLOTS and groups:
+        # The shadow group (compile_groups): on a slow day its other slot stands idle for the last
+        # 30-50 s of miniImageNet's long compile. The last pair (the shortest compiles, Omniglot at
+        # 1 episode per step) fills it: only a whole pair saves a compile phase, and a longer filler
+        # could outlast the lead (one at 16 per step did, by 30 s).
+        group = run(group, fillers=groups[-1][::-1])
+        left = [i for i in groups[-1] if i not in group]
+        groups = groups[:-1] + ([left] if left else [])
+      else:
+        run(group)
       # Each JAX row's torch twin right after its group, so that the two are measured in the same
       # hour; fewer episodes per step first, so that a torch mode far slower there is not run at
       # more (benchmarks.train.modes_to_skip).

@@ -213,6 +213,38 @@ def test_measurements_compile_two_at_a_time_but_are_timed_one_after_the_other():
   assert rows[2]["process_started"] >= min(compiled_by[:2])
 
 
+class _FakeCompile:
+  """run.Measurement's interface: 'compiles' for item["compile_s"] seconds after it starts."""
+
+  def __init__(self, item, repeats, seconds, timeout, env=None):
+    self.item, self.started = item, time.perf_counter()
+    self.process_started = self.started
+
+  def compiled(self, ready_file):
+    return time.perf_counter() - self.process_started >= self.item["compile_s"]
+
+  def row(self):
+    return {"episodes_per_step": self.item["episodes"], "started": self.process_started}
+
+
+def test_a_slot_idle_during_the_first_items_compile_takes_fillers_until_it_has_compiled(monkeypatch):
+  monkeypatch.setattr(run, "Measurement", _FakeCompile)
+  item = lambda episodes, compile_s: {"kind": "train", "framework": "jax", "config": "c", "episodes": episodes,
+                                      "compile_s": compile_s}
+  lead, short = item(16, 1.0), item(4, 0.1)
+  fillers = [item(100 + n, 0.25) for n in range(8)]
+  rows = run.run_compiling_together([lead, short], repeats=1, seconds=0.1, timeout=60, fillers=fillers)
+  ran = [r["episodes_per_step"] for r in rows]
+  # The lead compiles for 1 s; the other slot compiles the short item, then fillers one at a time
+  # (0.25 s each) while the lead is still compiling: about three; none once it has compiled.
+  assert ran[:2] == [16, 4] and ran[2:] == [100 + n for n in range(len(ran) - 2)] and 2 <= len(ran) - 2 <= 4
+  assert all(r["started"] - rows[0]["started"] < 1.0 for r in rows[2:])
+  assert rows[0]["compiled_alongside"][-1] == run.item_key(fillers[len(ran) - 3])
+  # Without the memory for another waiting process, no filler starts.
+  monkeypatch.setattr(run, "available_memory_gb", lambda: run.FILLER_MEMORY_GB - 1)
+  assert len(run.run_compiling_together([lead, short], repeats=1, seconds=0.1, timeout=60, fillers=fillers)) == 2
+
+
 def test_a_pair_member_that_fails_does_not_stop_the_other():
   items = [{"kind": "train", "framework": "jax", "config": "no_such_config", "episodes": 1},
            {"kind": "train", "framework": "jax", "config": "quickstart:tiny", "episodes": 1}]
@@ -234,6 +266,8 @@ def test_compile_groups_cover_every_jax_program_with_the_longest_compile_shadowe
         ("mini", 4), ("mini", 1), ("omni", 4)}
     assert sorted(i["config"] for i in lead[1:] if i["kind"] == "evaluation") == sorted(run.common.CONFIGS)
     assert all(len(g) == 2 for g in groups[(2 if full else 1):])
+    # The last pair, the shortest compiles, is the one benchmarks.run offers the shadow as fillers.
+    assert {(i["kind"], i["episodes"]) for i in groups[-1]} == {("train", 1)}
   assert [len(g) for g in run.compile_groups(run.plan(quick=True), memory_gb=64)] == [2, 1]   # no miniImageNet: pairs
   # Too little memory for the shadow's waiting processes: pairs, longest compiles together.
   pairs = run.compile_groups(run.plan(quick=False), memory_gb=run.SHADOW_MEMORY_GB - 1)
