@@ -2,9 +2,9 @@
 [benchmarks/results/latest.json] [--out benchmarks/results/throughput.png]`.
 
 One panel per config: each framework's median episodes/s with its repeats' range as error bars
-(torch at its faster mode per row; dashed or dotted, its other mode where it ran: one timed
-block, or one warm step where that was far slower), and the run's
-head-to-head ratio in the title of its panel. benchmarks.run draws it after every run.
+(torch at the mode picked per row, the faster in one timed block each; dashed or dotted, its
+other mode where it ran: one timed block, or one warm step where that was far slower), and the
+run's head-to-head ratio in the title of its panel. benchmarks.run draws it after every run.
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ def plot(result: dict, path: pathlib.Path):
       if b:
         ax.errorbar(b, median, yerr=[[m - l for m, l in zip(median, low)], [h - m for m, h in zip(median, high)]],
                     marker="o", capsize=3, color=COLORS[framework],
-                    label="ht_torch (faster mode)" if framework == "torch" else "ht_jax")
+                    label="ht_torch, mode picked (median)" if framework == "torch" else "ht_jax")
     for (mode, (b, rate)), style in zip(slower_torch_modes(panel).items(), ("--", ":")):
-      ax.plot(b, rate, ls=style, marker=".", color=COLORS["torch"], alpha=0.6, label=f"ht_torch, {mode} (slower)")
+      ax.plot(b, rate, ls=style, marker=".", color=COLORS["torch"], alpha=0.6, label=f"ht_torch, {mode} (other mode: one block)")
     title = config
     if versus.get("config") == config and "jax_over_torch" in versus:
       title += f"\nhead to head at {versus['episodes_per_step']}: {versus['jax_over_torch']['median']:.2f}x"

@@ -326,8 +326,8 @@ def test_the_throughput_plot_draws_each_framework_per_config(tmp_path):
   assert (tmp_path / "t.png").stat().st_size > 0 and len(axes) == 2
   lines = {l.get_label(): (list(l.get_xdata()), list(l.get_ydata())) for l in axes[0].get_lines()
            if not l.get_label().startswith("_")}
-  # Each slower mode where it lost: vmap at 1, loop at 16.
-  assert lines["ht_torch, loop (slower)"] == ([16], [4.0]) and lines["ht_torch, vmap (slower)"] == ([1], [3.0])
+  # The other mode where it lost its block: vmap at 1, loop at 16.
+  assert lines["ht_torch, loop (other mode: one block)"] == ([16], [4.0]) and lines["ht_torch, vmap (other mode: one block)"] == ([1], [3.0])
   assert "2.50x" in axes[0].get_title() and "head to head" not in axes[1].get_title()
   # Error bars span each row's min-max; the failed torch row is left out of panel b.
   containers = {c.get_label(): c for c in axes[0].containers}
