@@ -8,7 +8,7 @@ plus details) and prints the tables. About 15 minutes on a 2-core CPU (more with
 miniImageNet at 64 episodes per step); the same command runs on a GPU machine (JAX then uses the
 GPU; torch stays on the CPU, as ht_torch does). JAX measurements compile two at a time, in groups
 (compile_groups), then each is timed alone (run_compiling_together); each group is followed by its
-torch twins. Last, the issue's
+torch twins; the input pipeline's measurements then compile together in the same way. Last, the issue's
 2x-torch comparison (omniglot_1shot_v1 at 16 episodes per step) once more from
 benchmarks.head_to_head: both frameworks warm, timed in alternating blocks, so the ratio does not
 carry the machine's drift between two rows' processes.
@@ -335,8 +335,11 @@ def main():
           skip = train.modes_to_skip(list(by_key.values()), twin["config"], twin["episodes"])
           twin = {**twin, "skip_modes": skip} if skip else twin
         run([twin])
-    for item in [i for i in items if item_key(i) not in by_key]:   # the input pipeline
-      run([item])
+    # The input pipeline's rows: their steps compile (or load from the run's cache) two at a time
+    # too, and each is timed alone, as above; about 25 s less than one after the other.
+    rest = [i for i in items if item_key(i) not in by_key]
+    for batch in ([[i] for i in rest] if args.compile_alone else [rest] if rest else []):
+      run(batch)
     print(f"[{time.perf_counter() - started:5.0f} s] head to head: {HEAD_TO_HEAD}", flush=True)
     # About a minute: its JAX worker builds the step again (about 20 s even from the run's cache:
     # tracing, then loading the executable).

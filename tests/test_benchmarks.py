@@ -2,6 +2,7 @@
 schema, a failed measurement reported rather than lost. (Speeds themselves live in benchmarks/.)"""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -211,6 +212,34 @@ def test_measurements_compile_two_at_a_time_but_are_timed_one_after_the_other():
   compiled_by = [r["process_started"] + r["compile_s"] for r in rows]
   assert rows[1]["process_started"] < compiled_by[0]
   assert rows[2]["process_started"] >= min(compiled_by[:2])
+
+
+def test_an_input_pipeline_measurement_waits_for_its_turn_before_its_timed_loop(tmp_path, monkeypatch):
+  import threading
+  from benchmarks import input_pipeline
+  ready, go = tmp_path / "ready", tmp_path / "go"
+  monkeypatch.setenv(common.TURN_ENV, f"{ready}{os.pathsep}{go}")
+  result = {}
+  worker = threading.Thread(target=lambda: result.update(input_pipeline.measure("quickstart:tiny", 2, steps=3)))
+  worker.start()
+  deadline = time.perf_counter() + 240
+  while not ready.exists() and worker.is_alive() and time.perf_counter() < deadline:
+    time.sleep(0.05)
+  assert ready.exists(), "it never said it had compiled"
+  time.sleep(0.5)
+  assert worker.is_alive() and not result          # compiled, and holding its loop until its turn
+  go.touch()
+  worker.join(240)
+  assert result["compile_s"] > 0 and 0 <= result["data_wait_fraction"] < 1 and result["episodes_per_s_median"] > 0
+
+
+def test_input_pipeline_measurements_compile_beside_each_other_and_are_timed_one_after_the_other():
+  items = [{"kind": "input_pipeline", "framework": "jax", "config": "quickstart:tiny", "episodes": 2},
+           {"kind": "train", "framework": "jax", "config": "quickstart:tiny", "episodes": 1}]
+  rows = run.run_compiling_together(items, repeats=2, seconds=0.05, timeout=300, slots=2)
+  assert [r["benchmark"] for r in rows] == ["input_pipeline", "train"] and not any(r.get("error") for r in rows)
+  assert rows[0]["turn_ended"] <= rows[1]["turn_started"]
+  assert rows[1]["process_started"] - rows[0]["process_started"] < 1.0   # two slots: both started at once
 
 
 class _FakeCompile:
