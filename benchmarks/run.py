@@ -312,18 +312,24 @@ def main():
       return ran
 
     groups = compile_groups(items)
+    # The input pipeline's rows last, in a group of their own: their steps compile (or load the
+    # training rows' programs from the run's cache) two at a time too, each timed alone.
+    last = [i for i in items if i["kind"] == "input_pipeline"]
     if args.compile_alone:
-      groups = [[item] for group in groups for item in group]
-    while groups:
+      groups, last = [[item] for group in groups for item in group] + [[i] for i in last], []
+    while groups or last:
+      if not groups:
+        groups, last = [last], []
       group, groups = groups[0], groups[1:]
       if len(group) > COMPILE_SLOTS and groups:
         # The shadow group (compile_groups): on a slow day its other slot stands idle for the last
         # 30-50 s of miniImageNet's long compile. The last pair (the shortest compiles, Omniglot at
-        # 1 episode per step) fills it: only a whole pair saves a compile phase, and a longer filler
-        # could outlast the lead (one at 16 per step did, by 30 s).
+        # 1 episode per step) fills it; a longer filler could outlast the lead (one at 16 per step
+        # did, by 30 s). One of the pair left over compiles with the last group, not alone.
         group = run(group, fillers=groups[-1][::-1])
         left = [i for i in groups[-1] if i not in group]
-        groups = groups[:-1] + ([left] if left else [])
+        groups = groups[:-1] + ([left] if len(left) > 1 else [])
+        last = left + last if len(left) == 1 else last
       else:
         run(group)
       # Each JAX row's torch twin right after its group, so that the two are measured in the same
@@ -335,11 +341,6 @@ def main():
           skip = train.modes_to_skip(list(by_key.values()), twin["config"], twin["episodes"])
           twin = {**twin, "skip_modes": skip} if skip else twin
         run([twin])
-    # The input pipeline's rows: their steps compile (or load from the run's cache) two at a time
-    # too, and each is timed alone, as above; about 25 s less than one after the other.
-    rest = [i for i in items if item_key(i) not in by_key]
-    for batch in ([[i] for i in rest] if args.compile_alone else [rest] if rest else []):
-      run(batch)
     print(f"[{time.perf_counter() - started:5.0f} s] head to head: {HEAD_TO_HEAD}", flush=True)
     # About a minute: its JAX worker builds the step again (about 20 s even from the run's cache:
     # tracing, then loading the executable).

@@ -274,6 +274,39 @@ def test_a_slot_idle_during_the_first_items_compile_takes_fillers_until_it_has_c
   assert len(run.run_compiling_together([lead, short], repeats=1, seconds=0.1, timeout=60, fillers=fillers)) == 2
 
 
+def test_the_run_measures_each_item_once_and_a_lone_leftover_filler_with_the_input_pipeline(tmp_path, monkeypatch):
+  """benchmarks.run's schedule, with fake measurements: one of the last pair runs as a filler in
+  the shadow group, the other compiles with the input pipeline's group at the end; each JAX group
+  is followed by its torch twins."""
+  batches = []
+
+  def fake_together(batch, repeats, seconds, timeout, env=None, slots=run.COMPILE_SLOTS, fillers=()):
+    ran = list(batch) + list(fillers)[:1]
+    batches.append([run.item_key(i) for i in ran])
+    return [run.failed(i, "fake") for i in ran]
+
+  def fake_alone(item, repeats, seconds, timeout, env=None):
+    batches.append([run.item_key(item)])
+    return run.failed(item, "fake")
+
+  monkeypatch.setattr(run, "run_compiling_together", fake_together)
+  monkeypatch.setattr(run, "run_in_subprocess", fake_alone)
+  monkeypatch.setattr(run, "head_to_head", lambda *a, **k: {"error": "fake"})
+  monkeypatch.setattr(run, "available_memory_gb", lambda: 64.0)
+  monkeypatch.setattr(run.common, "RESULTS", tmp_path)
+  monkeypatch.setattr(sys, "argv", ["benchmarks.run"])
+  run.main()
+  keys = [k for b in batches for k in b]
+  assert sorted(keys) == sorted(run.item_key(i) for i in run.plan(quick=False))   # each once
+  assert len(batches[0]) == 9                                                         # 8 + one filler
+  filler, leftover = batches[0][-1], "train jax omniglot_1shot_v1 1"
+  assert filler == "train jax omniglot_5shot_v1 1" and leftover not in batches[0]
+  assert batches[-2][0] == leftover and all(k.startswith("input_pipeline") for k in batches[-2][1:])
+  assert batches[-1] == ["train torch omniglot_1shot_v1 1"]                           # its twin after it
+  saved = json.loads((tmp_path / "latest.json").read_text())
+  assert len(saved["rows"]) == len(keys) and saved["head_to_head"] == {"error": "fake"}
+
+
 def test_a_pair_member_that_fails_does_not_stop_the_other():
   items = [{"kind": "train", "framework": "jax", "config": "no_such_config", "episodes": 1},
            {"kind": "train", "framework": "jax", "config": "quickstart:tiny", "episodes": 1}]
