@@ -135,10 +135,6 @@ def available_memory_gb() -> float:
   return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
 
-def pairs(jobs: list[dict]) -> list[list[dict]]:
-  return [jobs[n:n + 2] for n in range(0, len(jobs), 2)]
-
-
 def compile_groups(items: list[dict], memory_gb: float | None = None) -> list[list[dict]]:
   """The plan's JAX training and evaluation items in groups that compile together, at most
   COMPILE_SLOTS at once (run_compiling_together), longest compiles first (84x84 images first, then
@@ -153,6 +149,9 @@ def compile_groups(items: list[dict], memory_gb: float | None = None) -> list[li
   at 64 (--full) then compiles alone."""
   def images_84(item):
     return item["config"].startswith("miniimagenet")
+
+  def pairs(jobs):
+    return [jobs[n:n + 2] for n in range(0, len(jobs), 2)]
 
   jobs = [i for i in items if i["framework"] == "jax" and i["kind"] in ("train", "evaluation")]
   jobs.sort(key=lambda i: (images_84(i), i["kind"] == "train", i["episodes"]), reverse=True)
@@ -328,8 +327,10 @@ def main():
         # did, by 30 s). One of the pair left over compiles with the last group, not alone.
         group = run(group, fillers=groups[-1][::-1])
         left = [i for i in groups[-1] if i not in group]
-        groups = groups[:-1] + ([left] if len(left) > 1 else [])
-        last = left + last if len(left) == 1 else last
+        if len(left) == 1:
+          groups, last = groups[:-1], left + last
+        elif not left:
+          groups = groups[:-1]
       else:
         run(group)
       # Each JAX row's torch twin right after its group, so that the two are measured in the same
