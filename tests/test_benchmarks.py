@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -65,6 +66,19 @@ def test_warm_up_steps_are_not_timed():
   assert calls[:3] == [1, 1, 1] and timing["repeats"] == 3
   # A slow step in any timed block would pull its rate to 14 episodes/s or below.
   assert 40 < timing["episodes_per_s_min"] and timing["episodes_per_s_median"] <= 100
+
+
+def test_the_matmul_yardstick_is_its_fastest_repeat(monkeypatch):
+  """One fast repeat among slow ones sets the peak: a slow minute must not inflate the fractions."""
+  durations = iter([1.0, 1.0, 0.25, 1.0, 1.0])   # seconds of each timed repeat, on a fake clock
+  clock = {"now": 0.0, "started": True}
+  def perf_counter():   # called twice per repeat: at its start, then at its end
+    clock["started"] = not clock["started"]
+    if clock["started"]:
+      clock["now"] += next(durations)
+    return clock["now"]
+  monkeypatch.setattr(common, "time", types.SimpleNamespace(perf_counter=perf_counter))   # common's clock only
+  assert common.matmul_peak_flops(size=64, repeats=5) == pytest.approx(2 * 64 ** 3 / 0.25)
 
 
 def test_only_a_much_slower_long_torch_mode_goes_untimed():
