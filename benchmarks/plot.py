@@ -25,15 +25,16 @@ def series(panel: list[dict], framework: str) -> tuple[list[int], list[float], l
   return tuple(map(list, zip(*points))) if points else ([], [], [], [])
 
 
-def slower_torch_modes(panel: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
-  """torch's slower mode at each row where it ran, by mode: {mode: (episodes per step, rate)}. Its
-  rate is one timed block, or one warm step where that was far slower (benchmarks.train)."""
+def other_torch_modes(panel: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+  """torch's mode not picked for each row, where it ran, by mode: {mode: (episodes per step, rate)}.
+  Its rate is one timed block, or one warm step where that was far slower (benchmarks.train); one
+  block can read above the picked mode's median when the two are close."""
   points = {}
   for r in panel:
     if r["framework"] == "torch" and r.get("torch_mode"):
-      slower = "vmap" if r["torch_mode"] == "loop" else "loop"
-      if r.get(f"{slower}_episodes_per_s"):
-        points.setdefault(slower, []).append((r["episodes_per_step"], r[f"{slower}_episodes_per_s"]))
+      other = "vmap" if r["torch_mode"] == "loop" else "loop"
+      if r.get(f"{other}_episodes_per_s"):
+        points.setdefault(other, []).append((r["episodes_per_step"], r[f"{other}_episodes_per_s"]))
   return {mode: tuple(map(list, zip(*sorted(p)))) for mode, p in sorted(points.items())}
 
 
@@ -56,7 +57,7 @@ def plot(result: dict, path: pathlib.Path):
         ax.errorbar(b, median, yerr=[[m - l for m, l in zip(median, low)], [h - m for m, h in zip(median, high)]],
                     marker="o", capsize=3, color=COLORS[framework],
                     label="ht_torch, mode picked (median)" if framework == "torch" else "ht_jax")
-    for (mode, (b, rate)), style in zip(slower_torch_modes(panel).items(), ("--", ":")):
+    for (mode, (b, rate)), style in zip(other_torch_modes(panel).items(), ("--", ":")):
       ax.plot(b, rate, ls=style, marker=".", color=COLORS["torch"], alpha=0.6, label=f"ht_torch, {mode} (other mode: one block)")
     title = config
     if versus.get("config") == config and "jax_over_torch" in versus:
