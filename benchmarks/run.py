@@ -327,10 +327,8 @@ def main():
         # did, by 30 s). One of the pair left over compiles with the last group, not alone.
         group = run(group, fillers=groups[-1][::-1])
         left = [i for i in groups[-1] if i not in group]
-        if len(left) == 1:
+        if len(left) < 2:   # the pair (or all but one of it) ran as fillers
           groups, last = groups[:-1], left + last
-        elif not left:
-          groups = groups[:-1]
       else:
         run(group)
       # Each JAX row's torch twin right after its group, so that the two are measured in the same
