@@ -47,7 +47,7 @@ def plot(result: dict, path: pathlib.Path):
   configs = [c for c in dict.fromkeys(r["config"] for r in rows if r["benchmark"] == "train")]
   if not configs:
     raise ValueError("the results hold no training rows to plot; run `python -m benchmarks.run` first.")
-  fig, axes = plt.subplots(1, len(configs), figsize=(4.2 * len(configs), 3.8), dpi=120, squeeze=False)
+  fig, axes = plt.subplots(1, len(configs), figsize=(4.2 * len(configs), 4.6), dpi=120, squeeze=False)
   versus = result.get("head_to_head") or {}
   for ax, config in zip(axes[0], configs):
     panel = [r for r in rows if r["benchmark"] == "train" and r["config"] == config]
@@ -71,7 +71,8 @@ def plot(result: dict, path: pathlib.Path):
     ax.set_ylabel("training episodes/s (median, min-max)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    # Below the panel, where it cannot cover a point or an error bar.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
   fig.tight_layout()
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path)

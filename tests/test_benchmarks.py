@@ -405,6 +405,9 @@ def test_the_throughput_plot_draws_each_framework_per_config(tmp_path):
   jax_line = containers["ht_jax"].lines[0]
   assert list(jax_line.get_xdata()) == [1, 16] and list(jax_line.get_ydata()) == [10.0, 30.0]
   assert [c.get_label() for c in axes[1].containers] == ["ht_jax"]
+  # Each legend sits below its panel, clear of the data.
+  for ax in axes:
+    assert ax.get_legend().get_window_extent().y1 < ax.get_window_extent().y0
 
 
 def test_a_head_to_head_past_its_timeout_stops_its_workers():
