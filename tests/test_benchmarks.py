@@ -358,6 +358,36 @@ def test_head_to_head_summary_takes_the_median_of_per_round_ratios():
   assert out["jax_over_torch"] == {"median": pytest.approx(1.75), "min": pytest.approx(1.5), "max": pytest.approx(2.0)}
 
 
+def test_scaling_summary_takes_the_median_of_per_round_ratios():
+  from benchmarks.scaling import summarise
+  rounds = [{"first": 1, 1: 10.0, 4: 30.0}, {"first": 4, 1: 20.0, 4: 30.0}, {"first": 1, 1: 30.0, 4: 90.0}]
+  out = summarise(rounds, [1, 4])
+  assert out["episodes_per_s"][4] == {"median": 30.0, "min": 30.0, "max": 90.0}
+  # Per-round ratios 3.0, 1.5, 3.0 -> 3.0; the ratio of the medians, 30 / 20, would be 1.5.
+  assert out["over_first"][4] == {"median": 3.0, "min": 1.5, "max": 3.0}
+  assert out["over_first"][1] == {"median": 1.0, "min": 1.0, "max": 1.0}
+
+
+def test_scaling_times_every_setting_in_turns():
+  """End to end on the tiny model: a warm worker per setting, the order reversed every round."""
+  from benchmarks import scaling
+  result = scaling.measure("quickstart:tiny", [1, 2], rounds=3, seconds=0.1)
+  assert [r["first"] for r in result["rounds"]] == [1, 2, 1]
+  assert all(r[1] > 0 and r[2] > 0 for r in result["rounds"])
+  ratios = sorted(r[2] / r[1] for r in result["rounds"])
+  assert result["over_first"][2]["median"] == pytest.approx(ratios[1])
+  assert "| 2 |" in scaling.table(result) and set(result["steps_per_block"]) == {1, 2}
+
+
+def test_scaling_rejects_a_bad_episodes_list():
+  import argparse
+  from benchmarks.scaling import episode_settings
+  assert episode_settings("1,4,16") == [1, 4, 16]
+  for text in ("4,4", "0,2", "four", ""):
+    with pytest.raises(argparse.ArgumentTypeError, match="distinct whole numbers"):
+      episode_settings(text)
+
+
 def test_head_to_head_times_both_frameworks_in_turns():
   """End to end on the tiny model: both workers report rates, the order flips every round."""
   import os
