@@ -207,6 +207,13 @@ def write_json(name: str, rows: list[dict], extra: dict | None = None) -> pathli
   return path
 
 
+def report(name: str, result: dict, table: str) -> None:
+  """A rounds benchmark's ending: `result` to benchmarks/results/<name>.json, its table printed."""
+  RESULTS.mkdir(exist_ok=True)
+  (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+  print(table)
+
+
 def markdown_table(rows: list[dict]) -> str:
   """One line per row: the fixed keys, then compile/warm-up seconds where measured."""
   lines = ["| benchmark | config | framework | episodes/step | episodes/s median (min-max) | compile+warm-up s "

@@ -19,7 +19,6 @@ if __name__ == "__main__":   # first, before jax loads: the command restarts wit
   restart_with_mimalloc()
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -94,6 +93,26 @@ class Worker:
   def close(self) -> None:
     self.process.kill()
     self.process.wait()
+
+
+def timed_in_turns(workers: dict, episodes: dict, order: list, rounds: int, seconds: float):
+  """Times warm workers (name -> Worker) in turns: each one's steps per block sized to about
+  `seconds` from one short block, then per round one block of each, in `order`, reversed every
+  other round, so the machine's drift touches them alike. Returns the steps per block and, per
+  round, {"first": name, name: episodes/s, ...}."""
+  steps = {}
+  for name, w in workers.items():
+    w.start(2)
+    steps[name] = max(2, round(seconds * w.rate() / episodes[name]))
+  results = []
+  for i in range(rounds):
+    turn = order if i % 2 == 0 else order[::-1]
+    row = {"first": turn[0]}
+    for name in turn:
+      workers[name].start(steps[name])
+      row[name] = workers[name].rate()
+    results.append(row)
+  return steps, results
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -172,9 +191,7 @@ def main():
   if args.worker:
     return worker(args.config, args.episodes)
   result = measure(args.config, args.episodes, args.rounds, args.seconds, args.cores)
-  common.RESULTS.mkdir(exist_ok=True)
-  (common.RESULTS / "cores.json").write_text(json.dumps(result, indent=2))
-  print(table(result))
+  common.report("cores", result, table(result))
 
 
 if __name__ == "__main__":

@@ -19,12 +19,11 @@ if __name__ == "__main__":   # first, before jax or torch loads: the command res
   restart_with_mimalloc()
 
 import argparse
-import json
 import os
 import threading
 
 from benchmarks import common
-from benchmarks.cores import Worker, rounds_parser, serve, spread, warm_jax_training
+from benchmarks.cores import Worker, rounds_parser, serve, spread, timed_in_turns, warm_jax_training
 
 FRAMEWORKS = ("jax", "torch")
 
@@ -83,18 +82,7 @@ def measure(config_spec: str, episodes: int, rounds: int, seconds: float, env: d
                                   env=dict(os.environ) if env is None else env)
       workers[framework].wait_ready()
       modes[framework], compile_s[framework] = mode_line(workers[framework].notes)
-    steps = {}
-    for framework, w in workers.items():   # steps per block: about `seconds`, from one short block
-      w.start(2)
-      steps[framework] = max(2, round(seconds * w.rate() / episodes))
-    results = []
-    for i in range(rounds):
-      order = FRAMEWORKS if i % 2 == 0 else FRAMEWORKS[::-1]
-      row = {"first": order[0]}
-      for framework in order:
-        workers[framework].start(steps[framework])
-        row[framework] = workers[framework].rate()
-      results.append(row)
+    steps, results = timed_in_turns(workers, {f: episodes for f in FRAMEWORKS}, list(FRAMEWORKS), rounds, seconds)
   except RuntimeError:
     if watchdog and not watchdog.is_alive():
       raise RuntimeError(f"the head-to-head took over {timeout:.0f} s; its workers were stopped.") from None
@@ -131,9 +119,7 @@ def main():
   if args.worker:
     return worker(args.framework, args.config, args.episodes, args.seconds)
   result = measure(args.config, args.episodes, args.rounds, args.seconds)
-  common.RESULTS.mkdir(exist_ok=True)
-  (common.RESULTS / "head_to_head.json").write_text(json.dumps(result, indent=2))
-  print(table(result))
+  common.report("head_to_head", result, table(result))
 
 
 if __name__ == "__main__":

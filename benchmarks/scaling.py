@@ -17,11 +17,10 @@ if __name__ == "__main__":   # first, before jax loads: the command restarts wit
   restart_with_mimalloc()
 
 import argparse
-import json
 import os
 
 from benchmarks import common
-from benchmarks.cores import Worker, spread
+from benchmarks.cores import Worker, spread, timed_in_turns
 
 
 def summarise(rounds: list[dict], settings: list[int]) -> dict:
@@ -42,18 +41,7 @@ def measure(config_spec: str, settings: list[int], rounds: int, seconds: float) 
   try:
     for w in workers.values():
       w.wait_ready()
-    steps = {}
-    for e, w in workers.items():   # steps per block: about `seconds`, from one short block
-      w.start(1)
-      steps[e] = max(1, round(seconds * w.rate() / e))
-    results = []
-    for i in range(rounds):
-      order = settings if i % 2 == 0 else settings[::-1]
-      row = {"first": order[0]}
-      for e in order:
-        workers[e].start(steps[e])
-        row[e] = workers[e].rate()
-      results.append(row)
+    steps, results = timed_in_turns(workers, {e: e for e in settings}, settings, rounds, seconds)
   finally:
     for w in workers.values():
       w.close()
@@ -95,9 +83,7 @@ def main():
   if args.rounds < 1 or args.seconds <= 0:
     raise SystemExit("benchmarks.scaling needs --rounds of at least 1 and --seconds above 0.")
   result = measure(args.config, args.episodes, args.rounds, args.seconds)
-  common.RESULTS.mkdir(exist_ok=True)
-  (common.RESULTS / "scaling.json").write_text(json.dumps(result, indent=2))
-  print(table(result))
+  common.report("scaling", result, table(result))
 
 
 if __name__ == "__main__":
