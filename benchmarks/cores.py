@@ -54,8 +54,9 @@ def serve(run_steps, episodes: int) -> None:
 
 class Worker:
   """A worker process, on the given cores, driven over its stdin and stdout: `module`'s --worker
-  mode (this one's, or benchmarks.head_to_head's with `extra` arguments). `env` defaults to this
-  process's with JAX on the CPU (what this benchmark measures)."""
+  mode (this one's, as benchmarks.scaling uses it too, or benchmarks.head_to_head's with `extra`
+  arguments). `env` defaults to this process's with JAX on the CPU (what benchmarks.cores
+  measures); head_to_head and scaling pass their own."""
 
   def __init__(self, cores: set[int], config_spec: str, episodes: int, module: str = "benchmarks.cores",
                extra: tuple[str, ...] = (), env: dict | None = None):

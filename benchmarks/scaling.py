@@ -23,7 +23,7 @@ from benchmarks import common
 from benchmarks.cores import Worker, spread, timed_in_turns
 
 
-def summarise(rounds: list[dict], settings: list[int]) -> dict:
+def summarise(rounds: list[dict], settings: list[str]) -> dict:
   """Each setting's episodes/s over rounds (rounds[i][setting]), and the spread of its per-round
   ratios to the first setting."""
   first = settings[0]
@@ -31,22 +31,26 @@ def summarise(rounds: list[dict], settings: list[int]) -> dict:
           "over_first": {e: spread([r[e] / r[first] for r in rounds]) for e in settings}}
 
 
-def measure(config_spec: str, settings: list[int], rounds: int, seconds: float) -> dict:
+def measure(config_spec: str, settings: list[int], rounds: int, seconds: float, env: dict | None = None) -> dict:
+  """`env`: the workers' environment (default this process's: JAX on its default backend, a GPU
+  where there is one). Settings are keyed by their decimal strings, as scaling.json has them."""
   cores = set(os.sched_getaffinity(0))
-  # JAX on the default backend (a GPU where there is one); a worker holds only the device memory
-  # it uses, where each would otherwise reserve 75% of a GPU's.
-  env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **os.environ}
-  # All compile at once (compiling is not timed); each then waits, warm, for its blocks.
-  workers = {e: Worker(cores, config_spec, e, env=env) for e in settings}
+  # A worker holds only the device memory it uses, where each would otherwise reserve 75% of a GPU's.
+  env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **(os.environ if env is None else env)}
+  names = [str(e) for e in settings]
+  workers = {}
   try:
+    # All compile at once (compiling is not timed); each then waits, warm, for its blocks.
+    for e in settings:
+      workers[str(e)] = Worker(cores, config_spec, e, env=env)
     for w in workers.values():
       w.wait_ready()
-    steps, results = timed_in_turns(workers, {e: e for e in settings}, settings, rounds, seconds)
+    steps, results = timed_in_turns(workers, dict(zip(names, settings)), names, rounds, seconds)
   finally:
     for w in workers.values():
       w.close()
   return {"config": config_spec, "episodes_per_step": settings, "cores": len(cores),
-          "steps_per_block": steps, "rounds": results, **summarise(results, settings)}
+          "steps_per_block": steps, "rounds": results, **summarise(results, names)}
 
 
 def table(result: dict) -> str:
@@ -54,7 +58,7 @@ def table(result: dict) -> str:
   lines = [f"| {result['config']}, ht_jax, {result['cores']} cores, episodes/step | episodes/s median (min-max) "
            f"| against {first} per step (per-round ratios: median, min-max) |", "|---|---|---|"]
   for e in result["episodes_per_step"]:
-    r, x = result["episodes_per_s"][e], result["over_first"][e]
+    r, x = result["episodes_per_s"][str(e)], result["over_first"][str(e)]
     lines.append(f"| {e} | {r['median']:.1f} ({r['min']:.1f}-{r['max']:.1f}) "
                  f"| {x['median']:.2f}x ({x['min']:.2f}-{x['max']:.2f}) |")
   lines.append(f"\n{len(result['rounds'])} rounds, each setting's blocks about the same length.")

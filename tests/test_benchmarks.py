@@ -360,23 +360,48 @@ def test_head_to_head_summary_takes_the_median_of_per_round_ratios():
 
 def test_scaling_summary_takes_the_median_of_per_round_ratios():
   from benchmarks.scaling import summarise
-  rounds = [{"first": 1, 1: 10.0, 4: 30.0}, {"first": 4, 1: 20.0, 4: 30.0}, {"first": 1, 1: 30.0, 4: 90.0}]
-  out = summarise(rounds, [1, 4])
-  assert out["episodes_per_s"][4] == {"median": 30.0, "min": 30.0, "max": 90.0}
+  rounds = [{"first": "1", "1": 10.0, "4": 30.0}, {"first": "4", "1": 20.0, "4": 30.0},
+            {"first": "1", "1": 30.0, "4": 90.0}]
+  out = summarise(rounds, ["1", "4"])
+  assert out["episodes_per_s"]["4"] == {"median": 30.0, "min": 30.0, "max": 90.0}
   # Per-round ratios 3.0, 1.5, 3.0 -> 3.0; the ratio of the medians, 30 / 20, would be 1.5.
-  assert out["over_first"][4] == {"median": 3.0, "min": 1.5, "max": 3.0}
-  assert out["over_first"][1] == {"median": 1.0, "min": 1.0, "max": 1.0}
+  assert out["over_first"]["4"] == {"median": 3.0, "min": 1.5, "max": 3.0}
+  assert out["over_first"]["1"] == {"median": 1.0, "min": 1.0, "max": 1.0}
+
+
+def test_timed_in_turns_sizes_each_block_and_reverses_the_order():
+  from benchmarks.cores import timed_in_turns
+
+  class FakeWorker:
+    """Runs `steps` steps of `episodes` at a fixed episodes/s; the log records every block."""
+    def __init__(self, name, rate, log):
+      self.name, self.fixed_rate, self.log = name, rate, log
+    def start(self, steps):
+      self.log.append((self.name, steps))
+    def rate(self):
+      return self.fixed_rate
+
+  log = []
+  workers = {"a": FakeWorker("a", 100.0, log), "b": FakeWorker("b", 40.0, log)}
+  steps, rounds = timed_in_turns(workers, {"a": 4, "b": 16}, ["b", "a"], rounds=3, seconds=2.0)
+  # About 2 s a block: a 100 episodes/s at 4 per step -> 50 steps; b 40 at 16 -> 5.
+  assert steps == {"a": 50, "b": 5}
+  assert log == [("a", 2), ("b", 2),                                    # the sizing blocks
+                 ("b", 5), ("a", 50), ("a", 50), ("b", 5), ("b", 5), ("a", 50)]
+  assert [r["first"] for r in rounds] == ["b", "a", "b"] and rounds[0] == {"first": "b", "a": 100.0, "b": 40.0}
 
 
 def test_scaling_times_every_setting_in_turns():
   """End to end on the tiny model: a warm worker per setting, the order reversed every round."""
   from benchmarks import scaling
-  result = scaling.measure("quickstart:tiny", [1, 2], rounds=3, seconds=0.1)
-  assert [r["first"] for r in result["rounds"]] == [1, 2, 1]
-  assert all(r[1] > 0 and r[2] > 0 for r in result["rounds"])
-  ratios = sorted(r[2] / r[1] for r in result["rounds"])
-  assert result["over_first"][2]["median"] == pytest.approx(ratios[1])
-  assert "| 2 |" in scaling.table(result) and set(result["steps_per_block"]) == {1, 2}
+  cpu = {**os.environ, "JAX_PLATFORMS": "cpu"}   # this test's process may hold a GPU's memory
+  result = scaling.measure("quickstart:tiny", [1, 2], rounds=3, seconds=0.1, env=cpu)
+  assert [r["first"] for r in result["rounds"]] == ["1", "2", "1"]
+  assert all(r["1"] > 0 and r["2"] > 0 for r in result["rounds"])
+  ratios = sorted(r["2"] / r["1"] for r in result["rounds"])
+  assert result["over_first"]["2"]["median"] == pytest.approx(ratios[1])
+  # The table reads the result back from its JSON as well.
+  assert "| 2 |" in scaling.table(json.loads(json.dumps(result))) and set(result["steps_per_block"]) == {"1", "2"}
 
 
 def test_scaling_rejects_a_bad_episodes_list():
