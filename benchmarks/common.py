@@ -201,16 +201,20 @@ def flop_fraction(flops_per_call: float | None, calls_per_s: float, peak_flops: 
 
 
 def write_json(name: str, rows: list[dict], extra: dict | None = None) -> pathlib.Path:
+  return save_result(name, {**(extra or {}), "rows": rows})
+
+
+def save_result(name: str, result: dict) -> pathlib.Path:
+  """`result` as benchmarks/results/<name>.json."""
   RESULTS.mkdir(exist_ok=True)
   path = RESULTS / f"{name}.json"
-  path.write_text(json.dumps({**(extra or {}), "rows": rows}, indent=2))
+  path.write_text(json.dumps(result, indent=2))
   return path
 
 
 def report(name: str, result: dict, table: str) -> None:
-  """A rounds benchmark's ending: `result` to benchmarks/results/<name>.json, its table printed."""
-  RESULTS.mkdir(exist_ok=True)
-  (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+  """A rounds benchmark's ending: `result` saved (save_result), its table printed."""
+  save_result(name, result)
   print(table)
 
 

@@ -41,8 +41,8 @@ def measure(config_spec: str, settings: list[int], rounds: int, seconds: float, 
   workers = {}
   try:
     # All compile at once (compiling is not timed); each then waits, warm, for its blocks.
-    for e in settings:
-      workers[str(e)] = Worker(cores, config_spec, e, env=env)
+    for name, e in zip(names, settings):
+      workers[name] = Worker(cores, config_spec, e, env=env)
     for w in workers.values():
       w.wait_ready()
     steps, results = timed_in_turns(workers, dict(zip(names, settings)), names, rounds, seconds)
