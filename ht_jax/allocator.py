@@ -4,8 +4,9 @@ Why: XLA:CPU (and torch) allocate a step's buffers anew at every step. glibc's m
 freed blocks back to the kernel (munmap), so the next step faults every page in again and the
 kernel zeroes it: on omniglot_1shot_v1 at 16 episodes per step that was 47,000 page faults and
 75 ms of kernel time per 200 ms step. mimalloc, told never to return freed memory
-(MIMALLOC_PURGE_DELAY=-1), reuses it: no faults, the step 1.3-1.6x faster (README, Speed). The cost
-is that the process keeps its peak memory until it exits.
+(MIMALLOC_PURGE_DELAY=-1, and blocks of any size kept in its arenas), reuses it: no faults, the
+step 1.3-1.6x faster (README, Speed). The cost is that the process keeps its peak memory until it
+exits.
 
 A malloc can only be replaced before the process starts (LD_PRELOAD), so the entry points call
 `restart_with_mimalloc()` first: it re-executes the same command with the library preloaded.
@@ -22,7 +23,11 @@ import sys
 CHOICE = "HT_ALLOCATOR"            # "mimalloc" (default) | "system"
 _RESTARTED = "HT_ALLOCATOR_RESTARTED"   # set in the re-executed process: never loop
 # Freed memory stays with the process: returning it is what made every step fault (docstring).
-SETTINGS = {"MIMALLOC_PURGE_DELAY": "-1"}
+# mimalloc serves a block over arena_max_object_size (2 GiB by default) straight from the OS and
+# unmaps it when freed, whatever the purge delay: XLA:CPU's one temporary buffer for a whole step
+# is such a block on large steps (2.5 GB for omniglot_5shot_v1 at 64 episodes per step), which
+# then faulted in anew at every step (1,250 huge pages), every other step taking twice as long.
+SETTINGS = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ARENA_MAX_OBJECT_SIZE": "64GiB"}
 
 
 def library() -> pathlib.Path | None:

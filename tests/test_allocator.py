@@ -1,6 +1,7 @@
 """mimalloc as malloc (ht_jax/allocator.py): found, preloaded into child processes and restarted
 commands, switched off by HT_ALLOCATOR=system, and doing what it is there for: a jitted call whose
-64 MB temporary buffer faults its pages in anew at every call under glibc's malloc does not."""
+64 MB temporary buffer faults its pages in anew at every call under glibc's malloc does not, nor
+does a block over 2 GiB, which mimalloc's defaults would unmap when freed."""
 
 import os
 import subprocess
@@ -84,6 +85,33 @@ def test_mimalloc_stops_every_call_faulting_its_temporary_buffer_in_again(tmp_pa
   pages = 4096 * 4096 * 4 / 4096
   assert float(system_faults) > 0.5 * pages          # glibc: the 64 MB buffer is new at every call
   assert float(mimalloc_faults) < 0.02 * pages       # mimalloc: reused (16,392 against 0.1 measured here)
+
+
+CHILD_HUGE_BLOCK = """
+import ctypes, resource
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+size, stride = 5 << 29, 4 << 20      # 2.5 GiB, over mimalloc's default arena_max_object_size of 2 GiB
+faults = []
+for _ in range(3):
+  block = libc.malloc(size)
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  for offset in range(0, 64 * stride, stride):   # touches 64 pages only: 2.5 GiB is never committed
+    ctypes.c_char.from_address(block + offset).value = b"x"
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+  libc.free(block)
+print(*faults)
+"""
+
+
+def test_mimalloc_keeps_a_block_over_2_gib_for_the_next_call(tmp_path):
+  """XLA:CPU's temporary buffer for a large step is one such block (allocator.SETTINGS)."""
+  env = allocator.environment(plain_environment())
+  first, *again = map(int, run_python(CHILD_HUGE_BLOCK, env, tmp_path).split())
+  assert first >= 48 and again == [0, 0]       # faulted in once (but a page mimalloc wrote), then reused
+  # mimalloc's default, which our setting overrides: such a block is unmapped when freed.
+  default = {k: v for k, v in env.items() if k != "MIMALLOC_ARENA_MAX_OBJECT_SIZE"}
+  assert min(map(int, run_python(CHILD_HUGE_BLOCK, default, tmp_path).split())) >= 4800
 
 
 def test_a_bad_choice_ends_an_entry_point_with_its_sentence(tmp_path):
