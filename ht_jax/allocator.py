@@ -83,12 +83,15 @@ def environment(base: dict[str, str] | None = None) -> dict[str, str]:
 
 def restart_with_mimalloc() -> None:
   """Re-executes this command with the allocator HT_ALLOCATOR asks for (mimalloc by default) if it
-  runs with the other one; returns otherwise. Call it first in an entry point's `__main__`."""
+  runs with the other one, or with mimalloc but without SETTINGS; returns otherwise. Call it first
+  in an entry point's `__main__`."""
   try:
     want = wanted() and library() is not None
   except ValueError as e:     # a bad HT_ALLOCATOR: its one sentence, no traceback
     sys.exit(f"error: {e}")
-  if (active() == "mimalloc") == want or os.environ.get(_RESTARTED):
+  # mimalloc reads its settings once, at start: a preload from an older shell without them restarts too.
+  settled = not want or all(key in os.environ for key in SETTINGS)
+  if ((active() == "mimalloc") == want and settled) or os.environ.get(_RESTARTED):
     return
   env = environment()
   env[_RESTARTED] = "1"
