@@ -118,25 +118,33 @@ class JaxTraining:
 
 
 WARMUP_SECONDS = 1.0
-WARMUP_BLOCK = 2   # steps in flight at once, as in a timed repeat's block
+WARMUP_MAX_SECONDS = 5.0
+WARMUP_GROWTH_MB = 8.0    # a block that raises the peak RSS by more is still faulting memory in
 
 
-def warm_up(run_steps: Callable[[int], None], seconds: float = WARMUP_SECONDS) -> float:
-  """Untimed steps for about `seconds`: one, then blocks of WARMUP_BLOCK; returns the first one's
-  seconds. The first steps after compiling still fault in the allocator's fresh memory:
-  without them the first timed repeat of miniImageNet ran at half speed and Omniglot's at 0.6x.
-  Blocks, because the timed repeats run steps in blocks: JAX then starts a step before the one
-  before it has freed its temporaries, so the process holds more than one step's worth (Omniglot
-  1-shot at 16 per step: 214 MB each, faulted in at about 0.5 s of kernel time), which steps run
-  one at a time rarely reach; warmed up one at a time, JAX's first timed repeat read 0.73x the
-  others (median of 12 full runs' rows at 16 per step). (A first step of `seconds` or more is the
-  whole warm-up: its repeats are blocks of one step, or few, where another warm-up step would cost
-  as much.)"""
+def warm_up(run_steps: Callable[[int], None], seconds: float = WARMUP_SECONDS,
+            memory_mb: Callable[[], float] | None = None) -> float:
+  """Untimed steps: one, then blocks of 2, 4, 8... steps (none longer than about `seconds`) until
+  `seconds` have passed and the last block left the peak RSS (`memory_mb`, default peak_rss_mb)
+  where it was, or WARMUP_MAX_SECONDS; returns the first step's seconds. A first step of `seconds`
+  or more is the whole warm-up, as its repeats run one step at a time or few.
+  The first steps after compiling still fault in the allocator's fresh memory: without them the
+  first timed repeat of miniImageNet ran at half speed and Omniglot's at 0.6x. Blocks, because
+  the timed repeats run steps in blocks, and there JAX holds more than one step's temporaries at
+  once (Omniglot 1-shot at 16 per step: 214 MB each, each faulted in at about 0.5 s of kernel
+  time), which steps run one at a time rarely reach: warmed up one step at a time, JAX's first
+  timed repeat read 0.73x the others (median of 12 full runs' rows at 16 per step)."""
+  memory_mb = memory_mb or peak_rss_mb
   started = time.perf_counter()
   run_steps(1)
   first = time.perf_counter() - started
-  while time.perf_counter() - started < seconds:
-    run_steps(WARMUP_BLOCK)
+  steps, step_s, grew = 2, first, False
+  while (time.perf_counter() - started < seconds or grew) and time.perf_counter() - started < WARMUP_MAX_SECONDS:
+    before, block_started = memory_mb(), time.perf_counter()
+    run_steps(steps)
+    step_s = (time.perf_counter() - block_started) / steps
+    grew = memory_mb() - before > WARMUP_GROWTH_MB
+    steps = max(2, min(2 * steps, round(seconds / max(step_s, 1e-6))))
   return first
 
 

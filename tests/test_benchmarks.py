@@ -63,7 +63,7 @@ def test_warm_up_steps_are_not_timed():
   # does not eat (a 20 ms margin once did).
   timing = common.timed_repeats(run_steps, episodes_per_step=1, repeats=3, seconds_per_repeat=0.03,
                                 warmup_seconds=0.8)
-  assert calls[:3] == [1, common.WARMUP_BLOCK, common.WARMUP_BLOCK] and timing["repeats"] == 3
+  assert calls[:2] == [1, 2] and timing["repeats"] == 3             # one step, then blocks
   # A slow step in any timed block would pull its rate to 14 episodes/s or below.
   assert 40 < timing["episodes_per_s_min"] and timing["episodes_per_s_median"] <= 100
 
@@ -80,6 +80,25 @@ def test_warm_up_reaches_what_only_blocks_of_steps_fault_in():
                                 warmup_seconds=0.2)
   assert any(k > 1 for k in calls[:-3])                               # a block before the timed ones
   assert timing["steps_per_repeat"] > 1 and 40 < timing["episodes_per_s_min"]   # 0.5 s in one: under 10
+
+
+def test_warm_up_goes_on_while_blocks_still_raise_the_peak_memory(monkeypatch):
+  """Past its seconds, the warm-up runs blocks until one leaves the peak RSS where it was, and stops
+  at WARMUP_MAX_SECONDS if none does."""
+  calls, peak = [], [1000.0]
+  def run_steps(k):
+    calls.append(k)
+    time.sleep(0.01 * k)
+    if len(calls) <= 4:
+      peak[0] += 200.0          # the first three blocks fault in another step's temporaries
+  common.warm_up(run_steps, seconds=0.05, memory_mb=lambda: peak[0])      # 0.05 s: gone by call 4
+  assert len(calls) == 5 and calls[0] == 1 and all(k >= 2 for k in calls[1:])
+  monkeypatch.setattr(common, "WARMUP_MAX_SECONDS", 0.3)
+  calls.clear()
+  started = time.perf_counter()
+  common.warm_up(lambda k: (calls.append(k), time.sleep(0.01 * k)), seconds=0.05,
+                 memory_mb=lambda: 100.0 * len(calls))             # grows with every block
+  assert 0.3 <= time.perf_counter() - started < 1.0 and len(calls) > 2
 
 
 def test_the_matmul_yardstick_is_its_fastest_repeat(monkeypatch):
