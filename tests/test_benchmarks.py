@@ -89,10 +89,11 @@ def test_warm_up_goes_on_while_blocks_still_raise_the_peak_memory(monkeypatch):
   def run_steps(k):
     calls.append(k)
     time.sleep(0.01 * k)
-    if len(calls) <= 4:
-      peak[0] += 200.0          # the first three blocks fault in another step's temporaries
-  common.warm_up(run_steps, seconds=0.05, memory_mb=lambda: peak[0])      # 0.05 s: gone by call 4
-  assert len(calls) == 5 and calls[0] == 1 and all(k >= 2 for k in calls[1:])
+    if len(calls) <= 5:
+      peak[0] += 200.0          # the first four blocks fault in another step's temporaries
+  # 0.2 s pass by the fifth call (at 0.31 s, sleeping 10 ms a step), its memory still growing.
+  common.warm_up(run_steps, seconds=0.2, memory_mb=lambda: peak[0])
+  assert len(calls) == 6 and calls[0] == 1 and all(k >= 2 for k in calls[1:])
   monkeypatch.setattr(common, "WARMUP_MAX_SECONDS", 0.3)
   calls.clear()
   started = time.perf_counter()
