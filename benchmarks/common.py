@@ -138,7 +138,7 @@ def warm_up(run_steps: Callable[[int], None], seconds: float = WARMUP_SECONDS,
   started = time.perf_counter()
   run_steps(1)
   first = time.perf_counter() - started
-  steps, step_s, grew = 2, first, False
+  steps, grew = 2, False
   while (time.perf_counter() - started < seconds or grew) and time.perf_counter() - started < WARMUP_MAX_SECONDS:
     before, block_started = memory_mb(), time.perf_counter()
     run_steps(steps)
