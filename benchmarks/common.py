@@ -136,8 +136,8 @@ def warm_up(run_steps: Callable[[int], None], seconds: float = WARMUP_SECONDS,
   `seconds` or more, whose repeats are single steps, still get one block of 2: run one at a time,
   they meet that memory by chance (apparently when a step starts before the last one's
   temporaries are freed), so in a timed repeat or never: Omniglot 5-shot at 64 per step (2.5 GB
-  of temporaries) took 3.4 s longer at its fourth step, miniImageNet at 16 a repeat at 4.1
-  episodes/s against 11; a first block of 2 faulted it in both times."""
+  of temporaries) took 3.4 s longer at its fourth step in one process, in its first block of 2 in
+  another, and never after it."""
   memory_mb = memory_mb or peak_rss_mb
   started = time.perf_counter()
   run_steps(1)
@@ -161,15 +161,20 @@ def timed_repeats(run_steps: Callable[[int], None], episodes_per_step: int, repe
   lasting about `seconds_per_repeat` each. A step longer than a repeat makes the estimate itself
   the first repeat (slow rows cost one step less). `prior`, an earlier result for the same
   run_steps (so already warm), keeps its blocks as the first repeats.
-  Also reports the process's CPU time over wall time: 2.0 on two busy cores."""
+  Also reports the process's CPU time over wall time (2.0 on two busy cores) and each repeat's
+  page faults, minor (fresh memory) and major (pages read back from disk, such as code the kernel
+  dropped under memory pressure): what a slow repeat spent outside the step."""
   def timed(k):
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, usage = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
     run_steps(k)
-    wall = time.perf_counter() - wall
-    return k * episodes_per_step / wall, (time.process_time() - cpu) / wall
+    wall, after = time.perf_counter() - wall, resource.getrusage(resource.RUSAGE_SELF)
+    return (k * episodes_per_step / wall, (time.process_time() - cpu) / wall,
+            after.ru_minflt - usage.ru_minflt, after.ru_majflt - usage.ru_majflt)
 
   if prior:
-    steps, samples = prior["steps_per_repeat"], list(zip(prior["repeat_rates"], prior["repeat_cpu_utilisation"]))
+    steps = prior["steps_per_repeat"]
+    samples = list(zip(prior["repeat_rates"], prior["repeat_cpu_utilisation"],
+                       prior["repeat_minor_page_faults"], prior["repeat_major_page_faults"]))
   else:
     if warmup_seconds > 0:
       warm_up(run_steps, warmup_seconds)
@@ -177,11 +182,12 @@ def timed_repeats(run_steps: Callable[[int], None], episodes_per_step: int, repe
     steps = max(1, round(seconds_per_repeat / max(episodes_per_step / first[0], 1e-6)))
     samples = [first] if steps == 1 else []
   samples += [timed(steps) for _ in range(repeats - len(samples))]
-  rates, utilisation = np.array(samples).T
+  rates, utilisation, minor, major = (list(column) for column in zip(*samples))
   return {"episodes_per_s_median": float(np.median(rates)), "episodes_per_s_min": float(np.min(rates)),
           "episodes_per_s_max": float(np.max(rates)), "repeats": len(samples), "steps_per_repeat": steps,
-          "cpu_utilisation": float(np.median(utilisation)), "repeat_rates": rates.tolist(),
-          "repeat_cpu_utilisation": utilisation.tolist(), "allocator": allocator.active()}
+          "cpu_utilisation": float(np.median(utilisation)), "repeat_rates": rates,
+          "repeat_cpu_utilisation": utilisation, "repeat_minor_page_faults": minor,
+          "repeat_major_page_faults": major, "allocator": allocator.active()}
 
 
 def peak_rss_mb() -> float:

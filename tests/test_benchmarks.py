@@ -98,6 +98,23 @@ def test_slow_steps_still_warm_up_with_a_block():
   assert 5 < timing["episodes_per_s_min"]        # 0.6 s in a repeat would read 1.7 episodes/s
 
 
+def test_each_repeat_reports_the_page_faults_it_took():
+  """A repeat that touches fresh memory says so: 32 MB freshly mapped and written, 8,192 pages."""
+  import mmap
+  calls = []
+  def run_steps(k):
+    calls.append(k)
+    if len(calls) == 3:          # the third repeat (the first is the estimate's single step)
+      fresh = mmap.mmap(-1, 32 << 20)
+      fresh.write(b"\1" * (32 << 20))
+      fresh.close()
+  timing = common.timed_repeats(run_steps, episodes_per_step=1, repeats=4, seconds_per_repeat=0.0,
+                                warmup_seconds=0)
+  minor, major = timing["repeat_minor_page_faults"], timing["repeat_major_page_faults"]
+  assert len(minor) == len(major) == 4 and all(f >= 0 for f in minor + major)
+  assert minor[2] > 4000 + max(minor[:2] + minor[3:])
+
+
 def test_warm_up_goes_on_while_blocks_still_raise_the_peak_memory(monkeypatch):
   """Past its seconds, the warm-up runs blocks until one leaves the peak RSS where it was, and stops
   at WARMUP_MAX_SECONDS if none does."""
