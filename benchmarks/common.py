@@ -124,31 +124,26 @@ WARMUP_GROWTH_MB = 8.0    # a block that raises the peak RSS by more is still fa
 
 def warm_up(run_steps: Callable[[int], None], seconds: float = WARMUP_SECONDS,
             memory_mb: Callable[[], float] | None = None) -> float:
-  """Untimed steps: one, then blocks of 2, 4, 8... steps (none longer than about `seconds`, at least
-  one block) until `seconds` have passed and the last block left the peak RSS (`memory_mb`, default
-  peak_rss_mb) where it was, or WARMUP_MAX_SECONDS; returns the first step's seconds.
+  """Untimed steps: one, then blocks of 2, 4, 8... steps (none longer than about `seconds`) until
+  `seconds` have passed and the last block left the peak RSS (`memory_mb`, default peak_rss_mb)
+  where it was, or WARMUP_MAX_SECONDS; returns the first step's seconds. A first step of `seconds`
+  or more is the whole warm-up, as its repeats run one step at a time or few.
   The first steps after compiling still fault in the allocator's fresh memory: without them the
   first timed repeat of miniImageNet ran at half speed and Omniglot's at 0.6x. Blocks, because
   the timed repeats run steps in blocks, and there JAX holds more than one step's temporaries at
   once (Omniglot 1-shot at 16 per step: 214 MB each, each faulted in at about 0.5 s of kernel
   time), which steps run one at a time rarely reach: warmed up one step at a time, JAX's first
-  timed repeat read 0.73x the others (median of 12 full runs' rows at 16 per step). Steps of
-  `seconds` or more, whose repeats are single steps, still get one block of 2: run one at a time,
-  they meet that memory by chance (apparently when a step starts before the last one's
-  temporaries are freed), so in a timed repeat or never: Omniglot 5-shot at 64 per step (2.5 GB
-  of temporaries) took 3.4 s longer at its fourth step in one process, in its first block of 2 in
-  another, and never after it."""
+  timed repeat read 0.73x the others (median of 12 full runs' rows at 16 per step)."""
   memory_mb = memory_mb or peak_rss_mb
   started = time.perf_counter()
   run_steps(1)
   first = time.perf_counter() - started
-  steps, grew, blocks = 2, False, 0
-  while ((time.perf_counter() - started < seconds or grew or not blocks)
-         and time.perf_counter() - started < WARMUP_MAX_SECONDS):
+  steps, grew = 2, False
+  while (time.perf_counter() - started < seconds or grew) and time.perf_counter() - started < WARMUP_MAX_SECONDS:
     before, block_started = memory_mb(), time.perf_counter()
     run_steps(steps)
     step_s = (time.perf_counter() - block_started) / steps
-    grew, blocks = memory_mb() - before > WARMUP_GROWTH_MB, blocks + 1
+    grew = memory_mb() - before > WARMUP_GROWTH_MB
     steps = max(2, min(2 * steps, round(seconds / max(step_s, 1e-6))))
   return first
 

@@ -82,22 +82,6 @@ def test_warm_up_reaches_what_only_blocks_of_steps_fault_in():
   assert timing["steps_per_repeat"] > 1 and 40 < timing["episodes_per_s_min"]   # 0.5 s in one: under 10
 
 
-def test_slow_steps_still_warm_up_with_a_block():
-  """A step of the warm-up's seconds or more, timed one at a time: steps run one at a time fault in
-  a second step's temporaries by chance (here at the fourth call, a timed repeat), a block of two at
-  once. The warm-up must run that block."""
-  calls, faulted = [], []
-  def run_steps(k):
-    calls.append(k)
-    fault = not any(faulted) and (k > 1 or len(calls) == 4)
-    faulted.append(fault)
-    time.sleep(0.1 * k + (0.5 if fault else 0.0))
-  timing = common.timed_repeats(run_steps, episodes_per_step=1, repeats=4, seconds_per_repeat=0.05,
-                                warmup_seconds=0.1)
-  assert calls == [1, 2, 1, 1, 1, 1] and timing["steps_per_repeat"] == 1
-  assert 5 < timing["episodes_per_s_min"]        # 0.6 s in a repeat would read 1.7 episodes/s
-
-
 def test_each_repeat_reports_the_page_faults_it_took():
   """A repeat that touches fresh memory says so: 32 MB freshly mapped and written, 8,192 pages."""
   import mmap
