@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import pathlib
+import platform
 import resource
 import time
 from typing import Callable
@@ -226,11 +227,52 @@ def write_json(name: str, rows: list[dict], extra: dict | None = None) -> pathli
   return save_result(name, {**(extra or {}), "rows": rows})
 
 
+CPUINFO_FIELDS = {"model name": "cpu", "cpu family": "cpu_family", "model": "cpu_model", "cache size": "cache_per_core"}
+
+
+def parse_cpuinfo(text: str) -> dict[str, str]:
+  """The first processor's model name, family, model number and cache size from /proc/cpuinfo's
+  text (those present). The numbers matter: a cloud VM may name only "AMD EPYC", while its family
+  tells a Zen 4 (25) from a Zen 5 (26)."""
+  found = {}
+  for line in text.splitlines():
+    if not line.strip():
+      if found:
+        break                        # the end of the first processor's block
+      continue
+    key, _, value = line.partition(":")
+    if key.strip() in CPUINFO_FIELDS:
+      found.setdefault(CPUINFO_FIELDS[key.strip()], value.strip())
+  return found
+
+
+def host() -> dict:
+  """The machine a benchmark ran on, saved with its results: rates moved 1.6x from one 2-core VM
+  to the next on the same code (README, Speed), so a result means little without it."""
+  try:
+    cpu = parse_cpuinfo(pathlib.Path("/proc/cpuinfo").read_text())
+  except OSError:                    # not Linux
+    cpu = {}
+  cpu.setdefault("cpu", platform.processor() or "unknown")
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return {**cpu, "machine": platform.machine(), "cores": cores}
+
+
+def host_line(machine: dict) -> str:
+  """host() in words: 'AMD EPYC (x86_64, CPU family 26, model 2, 1024 KB cache per core), 2 cores'."""
+  details = [machine.get("machine", "")]
+  details += [f"CPU family {machine['cpu_family']}"] if "cpu_family" in machine else []
+  details += [f"model {machine['cpu_model']}"] if "cpu_model" in machine else []
+  details += [f"{machine['cache_per_core']} cache per core"] if "cache_per_core" in machine else []
+  details = ", ".join(d for d in details if d)
+  return f"{machine['cpu']}{f' ({details})' if details else ''}, {machine['cores']} cores"
+
+
 def save_result(name: str, result: dict) -> pathlib.Path:
-  """`result` as benchmarks/results/<name>.json."""
+  """`result`, with the host it ran on, as benchmarks/results/<name>.json."""
   RESULTS.mkdir(exist_ok=True)
   path = RESULTS / f"{name}.json"
-  path.write_text(json.dumps(result, indent=2))
+  path.write_text(json.dumps({**result, "host": host()}, indent=2))
   return path
 
 
@@ -238,6 +280,7 @@ def report(name: str, result: dict, table: str) -> None:
   """A rounds benchmark's ending: `result` saved (save_result), its table printed."""
   save_result(name, result)
   print(table)
+  print(f"host: {host_line(host())}")
 
 
 def markdown_table(rows: list[dict]) -> str:

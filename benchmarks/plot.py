@@ -4,7 +4,8 @@
 One panel per config: each framework's median episodes/s with its repeats' range as error bars
 (torch at the mode picked per row, the faster in one timed block each; dashed or dotted, its
 other mode where it ran: one timed block, or one warm step where that was far slower), and the
-run's head-to-head ratio in the title of its panel. benchmarks.run draws it after every run.
+run's head-to-head ratio in the title of its panel, the machine above them. benchmarks.run draws it
+after every run.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def plot(result: dict, path: pathlib.Path):
     ax.grid(alpha=0.3)
     # Below the panel, where it cannot cover a point or an error bar.
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+  if result.get("host"):             # the machine: rates differ between machines far more than between runs
+    fig.suptitle(common.host_line(result["host"]), fontsize=9)
   fig.tight_layout()
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path)

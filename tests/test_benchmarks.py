@@ -366,6 +366,7 @@ def test_the_run_measures_each_item_once_and_a_lone_leftover_filler_with_the_inp
   assert batches[-1] == ["train torch omniglot_1shot_v1 1"]                           # its twin after it
   saved = json.loads((tmp_path / "latest.json").read_text())
   assert len(saved["rows"]) == len(keys) and saved["head_to_head"] == {"error": "fake"}
+  assert saved["host"] == common.host()                                              # the machine it ran on
 
 
 def test_a_pair_member_that_fails_does_not_stop_the_other():
@@ -543,3 +544,40 @@ def test_the_worker_mode_line_is_found_among_other_output():
   assert mode_line(["some warning", "mode vmap 0.61", "another line"]) == ("vmap", 0.61)
   with pytest.raises(RuntimeError, match="did not say its mode"):
     mode_line(["some warning"])
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model\t\t: 2
+model name\t: AMD EPYC
+cache size\t: 1024 KB
+
+processor\t: 1
+cpu family\t: 25
+model\t\t: 17
+model name\t: another CPU
+"""
+
+
+def test_the_host_is_read_from_the_first_processor_of_cpuinfo():
+  assert common.parse_cpuinfo(CPUINFO) == {"cpu_family": "26", "cpu_model": "2", "cpu": "AMD EPYC",
+                                           "cache_per_core": "1024 KB"}
+  machine = {**common.parse_cpuinfo(CPUINFO), "machine": "x86_64", "cores": 2}
+  assert common.host_line(machine) == "AMD EPYC (x86_64, CPU family 26, model 2, 1024 KB cache per core), 2 cores"
+  assert common.host_line({"cpu": "arm", "cores": 4}) == "arm, 4 cores"     # nothing more known
+
+
+def test_the_host_names_this_machine():
+  machine = common.host()
+  assert machine["cores"] == len(os.sched_getaffinity(0)) and machine["cpu"] and machine["machine"]
+
+
+def test_every_saved_result_and_its_plot_name_the_host(tmp_path, monkeypatch):
+  monkeypatch.setattr(common, "RESULTS", tmp_path)
+  monkeypatch.setattr(common, "host", lambda: {"cpu": "Some CPU", "machine": "x86_64", "cores": 3})
+  saved = json.loads(common.save_result("scaling", {"rounds": []}).read_text())
+  assert saved == {"rounds": [], "host": {"cpu": "Some CPU", "machine": "x86_64", "cores": 3}}
+  from benchmarks.plot import plot
+  axes = plot({"rows": [_train_row("a", "jax", 1, 10.0)], "host": saved["host"]}, tmp_path / "t.png")
+  assert axes[0].figure.get_suptitle() == "Some CPU (x86_64), 3 cores"
