@@ -347,7 +347,7 @@ def main():
   rows = [by_key[item_key(i)] for i in items]
   common.RESULTS.mkdir(exist_ok=True)
   out = {"wall_s": time.perf_counter() - started, "compiled_two_at_once": not args.compile_alone, "rows": rows,
-         "head_to_head": versus}
+         "head_to_head": versus, "host": common.host()}
   common.save_result("latest", out)
   print(common.markdown_table(rows))
   print()
@@ -362,7 +362,7 @@ def main():
     print(f"input pipeline, {r['config']} {r['image_shape']}, {r['episodes_per_step']} episodes/step{where}: "
           f"{100 * r['data_wait_fraction']:.1f}% of training time waiting for data "
           f"(sampler alone: {r['sampler_episodes_per_s_one_thread']:.0f} episodes/s on one thread)")
-  print(f"host: {common.host_line(common.host())}")
+  print(f"host: {common.host_line(out['host'])}")
   print(f"wrote {common.RESULTS / 'latest.json'} in {out['wall_s']:.0f} s")
   if any(r.get("episodes_per_s_median") for r in rows if r["benchmark"] == "train"):
     from benchmarks.plot import plot
