@@ -233,7 +233,7 @@ CPUINFO_FIELDS = {"model name": "cpu", "cpu family": "cpu_family", "model": "cpu
 def parse_cpuinfo(text: str) -> dict[str, str]:
   """The first processor's model name, family, model number and cache size from /proc/cpuinfo's
   text (those present). The numbers matter: a cloud VM may name only "AMD EPYC", while its family
-  tells a Zen 4 (25) from a Zen 5 (26)."""
+  tells a Zen 3 or 4 (25) from a Zen 5 (26)."""
   found = {}
   for line in text.splitlines():
     if not line.strip():
