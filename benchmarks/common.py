@@ -269,18 +269,20 @@ def host_line(machine: dict) -> str:
 
 
 def save_result(name: str, result: dict) -> pathlib.Path:
-  """`result`, with the host it ran on, as benchmarks/results/<name>.json."""
+  """`result`, with the host it ran on (host(), unless it already names one), as
+  benchmarks/results/<name>.json."""
   RESULTS.mkdir(exist_ok=True)
   path = RESULTS / f"{name}.json"
-  path.write_text(json.dumps({**result, "host": host()}, indent=2))
+  path.write_text(json.dumps(result if "host" in result else {**result, "host": host()}, indent=2))
   return path
 
 
 def report(name: str, result: dict, table: str) -> None:
   """A rounds benchmark's ending: `result` saved (save_result), its table printed."""
+  result = {**result, "host": host()}
   save_result(name, result)
   print(table)
-  print(f"host: {host_line(host())}")
+  print(f"host: {host_line(result['host'])}")
 
 
 def markdown_table(rows: list[dict]) -> str:
