@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import shutil
 import subprocess
 import tempfile
 import time
@@ -75,7 +76,7 @@ def run_original(original: pathlib.Path, python: pathlib.Path, cache_dir: pathli
   launcher = bin_dir / "python"    # a script, not a symlink: a venv's Python finds its venv by its own path
   launcher.write_text(f'#!/bin/sh\nexec "{python}" "$@"\n')
   launcher.chmod(0o755)
-  subprocess.run(["rm", "-rf", str(log_dir)], check=True)   # else it resumes from its checkpoint
+  shutil.rmtree(log_dir, ignore_errors=True)   # else it resumes from its checkpoint
   output = work_dir / f"original_{steps}.log"
   env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
   args = ["bash", str(SCRIPT), f"--data_numpy_dir={cache_dir}", f"--train_log_dir={log_dir}",
