@@ -22,7 +22,7 @@ if os.environ.get("FAKE_FAIL"):
   print("fake original: bad flag"); sys.exit(3)
 ballast = bytearray(64 << 20)                                    # 64 MB resident
 ballast[::4096] = b"x" * len(ballast[::4096])
-time.sleep(1.0 + STEP_S * int(flags["train_steps"]))
+time.sleep(2.0 + STEP_S * int(flags["train_steps"]))
 '''
 
 
@@ -46,13 +46,14 @@ def test_the_cache_is_our_omniglot_in_the_originals_format(tmp_path, omniglot):
 
 
 def test_the_rate_is_the_long_runs_extra_steps_over_its_extra_time(tmp_path):
-  original = fake_original(tmp_path / "checkout", step_s=0.01)
+  original = fake_original(tmp_path / "checkout", step_s=0.02)
   result = original_tf.measure(original, original_tf.pathlib.Path(sys.executable), os.environ["HT_DATA_DIR"],
                                rounds=2, steps=(20, 220), jax_episodes=0, seconds=1.0, work_dir=tmp_path / "work")
-  # 200 extra steps in 2.0 s: 100 episodes/s; start-up (1.0 s, plus Python's) cancels out.
-  assert result["original"]["median"] == pytest.approx(100, rel=0.25)
+  # 200 extra steps in 4.0 s: 50 episodes/s. The start-up (2.0 s, plus the processes' own, which
+  # varies by up to a second on a loaded CI machine) cancels out: the long run alone would read 33.
+  assert result["original"]["median"] == pytest.approx(50, rel=0.25)
   assert [sorted(r["original_s"]) for r in result["rounds"]] == [["20", "220"]] * 2
-  assert all(r["original_s"]["220"] > r["original_s"]["20"] + 1.5 for r in result["rounds"])
+  assert all(r["original_s"]["220"] > r["original_s"]["20"] + 3.0 for r in result["rounds"])
   assert 64 < result["original_peak_rss_mb"] < 1024                # the fake's ballast, seen through its shell
   assert "jax" not in result
 
