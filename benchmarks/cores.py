@@ -91,6 +91,11 @@ class Worker:
                          f"run `python -m {self.module} --worker` alone to see its error.")
     return float(line)
 
+  def steps_per_block(self, seconds: float, episodes: int) -> int:
+    """Steps for a block of about `seconds`, from one untimed block of 2 (at least 2)."""
+    self.start(2)
+    return max(2, round(seconds * self.rate() / episodes))
+
   def close(self) -> None:
     self.process.kill()
     self.process.wait()
@@ -103,8 +108,7 @@ def timed_in_turns(workers: dict, episodes: dict, order: list, rounds: int, seco
   round, {"first": name, name: episodes/s, ...}."""
   steps = {}
   for name, w in workers.items():
-    w.start(2)
-    steps[name] = max(2, round(seconds * w.rate() / episodes[name]))
+    steps[name] = w.steps_per_block(seconds, episodes[name])
   results = []
   for i in range(rounds):
     turn = order if i % 2 == 0 else order[::-1]
@@ -139,8 +143,7 @@ def measure(config_spec: str, episodes: int, rounds: int, seconds: float, max_co
     worker_cores = [w.wait_ready() for w in workers]
     *pinned, free = workers
     # Steps per timed block: about `seconds` on one core, measured once.
-    pinned[0].start(2)
-    steps = max(2, round(seconds * pinned[0].rate() / episodes))
+    steps = pinned[0].steps_per_block(seconds, episodes)
     results = []
     for _ in range(rounds):
       pinned[0].start(steps)

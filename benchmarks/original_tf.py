@@ -125,8 +125,7 @@ def measure(original: pathlib.Path, python: pathlib.Path, data_dir: os.PathLike,
   try:
     if worker:
       worker.wait_ready()
-      worker.start(2)
-      jax_steps = max(2, round(seconds * worker.rate() / jax_episodes))
+      jax_steps = worker.steps_per_block(seconds, jax_episodes)
     results = []
     for i in range(rounds):
       order = steps if i % 2 == 0 else steps[::-1]

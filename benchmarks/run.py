@@ -345,7 +345,6 @@ def main():
     # tracing, then loading the executable).
     versus = head_to_head(env, args.timeout)
   rows = [by_key[item_key(i)] for i in items]
-  common.RESULTS.mkdir(exist_ok=True)
   out = {"wall_s": time.perf_counter() - started, "compiled_two_at_once": not args.compile_alone, "rows": rows,
          "head_to_head": versus, "host": common.host()}
   common.save_result("latest", out)

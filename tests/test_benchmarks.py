@@ -423,10 +423,11 @@ def test_scaling_summary_takes_the_median_of_per_round_ratios():
 
 
 def test_timed_in_turns_sizes_each_block_and_reverses_the_order():
-  from benchmarks.cores import timed_in_turns
+  from benchmarks.cores import Worker, timed_in_turns
 
   class FakeWorker:
     """Runs `steps` steps of `episodes` at a fixed episodes/s; the log records every block."""
+    steps_per_block = Worker.steps_per_block           # the real sizing, on the fake's blocks
     def __init__(self, name, rate, log):
       self.name, self.fixed_rate, self.log = name, rate, log
     def start(self, steps):
