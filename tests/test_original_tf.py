@@ -46,14 +46,14 @@ def test_the_cache_is_our_omniglot_in_the_originals_format(tmp_path, omniglot):
 
 
 def test_the_rate_is_the_long_runs_extra_steps_over_its_extra_time(tmp_path):
-  original = fake_original(tmp_path / "checkout", step_s=0.02)
+  original = fake_original(tmp_path / "checkout", step_s=0.03)
   result = original_tf.measure(original, original_tf.pathlib.Path(sys.executable), os.environ["HT_DATA_DIR"],
                                rounds=2, steps=(20, 220), jax_episodes=0, seconds=1.0, work_dir=tmp_path / "work")
-  # 200 extra steps in 4.0 s: 50 episodes/s. The start-up (2.0 s, plus the processes' own, which
-  # varies by up to a second on a loaded CI machine) cancels out: the long run alone would read 33.
-  assert result["original"]["median"] == pytest.approx(50, rel=0.25)
+  # 200 extra steps in 6.0 s: 33.3 episodes/s. The start-up (2.0 s, plus the processes' own, which
+  # varies by up to a second on a loaded CI machine) cancels out: the long run alone would read 25.
+  assert result["original"]["median"] == pytest.approx(100 / 3, rel=0.2)
   assert [sorted(r["original_s"]) for r in result["rounds"]] == [["20", "220"]] * 2
-  assert all(r["original_s"]["220"] > r["original_s"]["20"] + 3.0 for r in result["rounds"])
+  assert all(r["original_s"]["220"] > r["original_s"]["20"] + 4.5 for r in result["rounds"])
   assert 64 < result["original_peak_rss_mb"] < 1024                # the fake's ballast, seen through its shell
   assert "jax" not in result
 
